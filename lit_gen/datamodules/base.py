@@ -1,0 +1,216 @@
+"""The datamodule contract every generative model and the evaluation code rely on.
+
+Items are ``(x, y)``: ``x`` float32 in [0, 1] (for discrete data exactly ``k / (K - 1)``), ``y`` an int64
+class index (0 when unlabeled). ``name``, ``data_shape``, ``num_levels`` and ``num_classes`` are plain
+attributes set in ``__init__`` so LightningCLI can link them into the model before ``setup`` runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from lit_gen.errors import LitGenError
+from lit_gen.evaluation.sampling import SampleRequests
+
+SPLITS = ("train", "val", "test")
+
+# Every split permutation uses this seed, never the run's seed: the same data lands in the same split in
+# every run, so metric caches keyed by ``name`` + split stay valid and results stay comparable.
+SPLIT_SEED = 20240611
+
+
+class GenerativeDataModule(L.LightningDataModule):
+    """Base class: loaders, lazy cached splits, and argument checks shared by all datasets.
+
+    Subclasses set ``name``, ``data_shape``, ``num_levels``, ``num_classes`` in ``__init__`` (cheaply, without
+    loading data) and implement ``_build_splits`` returning ``{"train": ..., "val": ..., "test": ...}``.
+    """
+
+    name: str
+    data_shape: tuple[int, ...]
+    num_levels: int | None
+    num_classes: int | None
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        val_size: int | float = 0.1,
+        predict_num_samples: int = 64,
+        predict_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("batch_size", batch_size)
+        if eval_batch_size is not None:
+            _check_positive_int("eval_batch_size", eval_batch_size)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise LitGenError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        check_split_size("val_size", val_size)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.val_size = val_size
+        _check_positive_int("predict_num_samples", predict_num_samples)
+        self.predict_num_samples = predict_num_samples
+        self.predict_seed = predict_seed
+        self._splits: dict[str, Dataset] | None = None
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def _build_splits(self) -> dict[str, Dataset]:
+        """Load the data and return the three split datasets (called at most once per instance)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _build_splits()")
+
+    def split_dataset(self, split: str) -> Dataset:
+        """The dataset of ``split`` ("train", "val" or "test").
+
+        Loads on first use and caches in the instance, so it works with or without ``setup``.
+        """
+        if split not in SPLITS:
+            raise LitGenError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        if self._splits is None:
+            splits = self._build_splits()
+            missing = [s for s in SPLITS if s not in splits]
+            if missing:
+                raise LitGenError(f"{type(self).__name__}._build_splits() returned no {missing} split")
+            self._splits = splits
+        return self._splits[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        # Loading is idempotent and cached, so calling it for every stage (and on every rank) is cheap.
+        self.split_dataset("train")
+
+    # -- loaders ------------------------------------------------------------------------------------------
+    def _loader(self, split: str, *, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.split_dataset(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", batch_size=self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", batch_size=self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Sample requests for ``lit-gen predict``: ``predict_num_samples`` in chunks of ``eval_batch_size``.
+
+        Chunk i is drawn with seed ``predict_seed + i``, so the samples do not depend on the device count.
+        """
+        requests = SampleRequests(self.predict_num_samples, self.eval_batch_size, self.predict_seed)
+        return DataLoader(requests, batch_size=1, shuffle=False)
+
+    def __str__(self) -> str:
+        # LightningDataModule.__str__ builds every dataloader, which would load the data just to print.
+        return repr(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, data_shape={self.data_shape}, "
+            f"num_levels={self.num_levels}, num_classes={self.num_classes})"
+        )
+
+
+class LevelTensorDataset(Dataset):
+    """Discrete data kept as integer levels; items are ``(levels / (K - 1) as float32, label as int64)``.
+
+    Storing uint8 levels keeps memory 4x smaller than float, and dividing at access time yields exactly the
+    float32 values ``ToTensor`` produces (``k / 255``), so every model sees the same numbers.
+    """
+
+    def __init__(
+        self,
+        levels: torch.Tensor,
+        labels: torch.Tensor,
+        num_levels: int,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if levels.shape[0] != labels.shape[0]:
+            raise LitGenError(f"{levels.shape[0]} samples but {labels.shape[0]} labels")
+        self.levels = levels
+        self.labels = labels.to(torch.int64)
+        self.scale = float(num_levels - 1)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.levels.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.levels[index].to(torch.float32) / self.scale
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels[index]
+
+
+def random_hflip(x: torch.Tensor) -> torch.Tensor:
+    """Flip a (C, H, W) image left-right with probability 1/2 (train-time augmentation)."""
+    return x.flip(-1) if torch.rand(()) < 0.5 else x
+
+
+def check_split_size(what: str, size: int | float) -> None:
+    """A split size is an int count >= 0 or a float fraction in [0, 1)."""
+    if isinstance(size, bool) or not isinstance(size, (int, float)):
+        raise LitGenError(f"{what} must be an int (count) or a float (fraction), got {size!r}")
+    if isinstance(size, float) and not 0.0 <= size < 1.0:
+        raise LitGenError(f"{what} as a fraction must be in [0, 1), got {size}")
+    if isinstance(size, int) and size < 0:
+        raise LitGenError(f"{what} must be >= 0, got {size}")
+
+
+def resolve_split_size(what: str, size: int | float, total: int) -> int:
+    """Turn a count or fraction of ``total`` into a count (fractions round to nearest)."""
+    check_split_size(what, size)
+    count = round(size * total) if isinstance(size, float) else size
+    if count >= total:
+        raise LitGenError(f"{what}={size} leaves no training data (only {total} samples to split)")
+    return count
+
+
+def fixed_permutation(n: int, salt: int = 0) -> torch.Tensor:
+    """A permutation of ``range(n)`` that depends only on ``n`` and ``salt``, never on the global RNG."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED + salt))
+
+
+def carve(dataset_size: int, sizes: Sequence[int], salt: int = 0) -> list[list[int]]:
+    """Split ``range(dataset_size)`` into consecutive chunks of ``sizes`` of a fixed permutation; the last
+    chunk takes the remainder. Indices within each chunk are sorted so reads stay roughly sequential."""
+    perm = fixed_permutation(dataset_size, salt)
+    chunks, start = [], 0
+    for size in sizes:
+        chunks.append(sorted(perm[start : start + size].tolist()))
+        start += size
+    chunks.append(sorted(perm[start:].tolist()))
+    return chunks
+
+
+def _check_positive_int(what: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LitGenError(f"{what} must be a positive integer, got {value!r}")
+
+
+def carve_train_val(
+    train_view: Dataset, val_view: Dataset, total: int, val_size: int | float, salt: int = 0
+) -> tuple[Subset, Subset]:
+    """Carve a fixed validation subset out of a training set of ``total`` items.
+
+    ``train_view`` and ``val_view`` index the same underlying data (they differ only in train-time
+    augmentation), so the two subsets are disjoint and together cover the whole set.
+    """
+    val_idx, train_idx = carve(total, [resolve_split_size("val_size", val_size, total)], salt)
+    return Subset(train_view, train_idx), Subset(val_view, val_idx)
