@@ -1,0 +1,1 @@
+"""Evaluation shared by every family: likelihood accounting, Inception features, metrics, reports."""

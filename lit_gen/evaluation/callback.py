@@ -1,0 +1,260 @@
+"""GenerativeEvaluation: the one callback that samples and evaluates every family.
+
+Every ``every_n_epochs`` validation epochs, and always at ``test``: draw samples through the protocol's
+``sample``, save a grid under the run directory and send it to the logger, and score FID (optionally
+KID and precision/recall) against real images of ``real_split``. The NLL and bits/dim of families with
+a likelihood come from the module's own validation / test steps; at test this callback writes them, with
+their kinds, next to the sample metrics in ``metrics.json``.
+
+DDP: each rank draws its share of seeded chunks (:mod:`lit_gen.evaluation.sampling`), features are
+all-gathered, and every rank computes the same metric in float64; nothing runs on rank zero only
+except writing files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from lit_gen.errors import LitGenError
+from lit_gen.evaluation.sampling import chunk_labels, chunk_sizes, draw_chunk, gather_chunks, rank_chunks
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The directory of this run: the logger's versioned dir, else the trainer's root dir."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class GenerativeEvaluation(Callback):
+    """Sample grids and sample-based metrics for any :class:`~lit_gen.models.base.GenerativeModule`.
+
+    Args:
+        every_n_epochs: evaluate at the end of every n-th validation epoch (0 disables validation-time
+            evaluation; ``test`` always evaluates).
+        val_num_samples: generated samples for FID at validation (small: a progress signal).
+        test_num_samples: generated samples for FID at test (state N when you report a number).
+        num_real: real images for the reference statistics (default: as many as generated).
+        real_split: split of the datamodule the real statistics come from (``train`` as in most papers).
+        fid / kid / precision_recall: which sample metrics to compute (all on Inception pool features).
+        pr_neighbors: k of the k-NN radii in precision/recall (Kynkäänniemi et al. use 3).
+        kid_subsets / kid_subset_size: KID's subset protocol.
+        grid_size: samples in the saved grid (0 disables the grid).
+        sample_batch_size: samples drawn per chunk (also the feature batch size).
+        seed: base seed of the sample chunks: evaluation samples are the same every time.
+        inception_weights: explicit path to the FID Inception weights (else resolved automatically).
+        cache_dir: where real-data features are cached (default: ``$LIT_GEN_CACHE`` or ``~/.cache/lit_gen``).
+        write_metrics: write ``metrics.json`` into the run directory at the end of ``test``.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        val_num_samples: int = 200,
+        test_num_samples: int = 1000,
+        num_real: int | None = None,
+        real_split: str = "train",
+        fid: bool = True,
+        kid: bool = False,
+        precision_recall: bool = False,
+        pr_neighbors: int = 3,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+        grid_size: int = 64,
+        sample_batch_size: int = 64,
+        seed: int = 0,
+        inception_weights: str | None = None,
+        cache_dir: str | None = None,
+        write_metrics: bool = True,
+    ) -> None:
+        super().__init__()
+        self.every_n_epochs = every_n_epochs
+        self.num_samples = {"val": val_num_samples, "test": test_num_samples}
+        self.num_real = num_real
+        self.real_split = real_split
+        self.use_fid, self.use_kid, self.use_pr = fid, kid, precision_recall
+        self.pr_neighbors = pr_neighbors
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
+        self.grid_size = grid_size
+        self.sample_batch_size = sample_batch_size
+        self.seed = seed
+        self.inception_weights = inception_weights
+        self.cache_dir = cache_dir
+        self.write_metrics = write_metrics
+        self._real_features: dict[str, Tensor] = {}  # in-memory cache for repeated validation epochs
+        self.sample_metrics: dict[str, dict[str, Any]] = {}  # name -> value and provenance, for reports
+
+    # ------------------------------------------------------------------ hooks
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.every_n_epochs <= 0:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+            return
+        self.evaluate(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluate(trainer, pl_module, "test")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lit_gen.evaluation.report import collect_test_metrics, print_metrics_table, write_metrics_json
+
+        report = collect_test_metrics(trainer, pl_module, self)
+        if trainer.is_global_zero:
+            print_metrics_table(report)
+            if self.write_metrics:
+                path = write_metrics_json(report, run_dir(trainer) / "metrics.json")
+                print(f"metrics written to {path}")
+
+    # ------------------------------------------------------------- evaluation
+    def _wants_features(self, pl_module: Any) -> bool:
+        is_image = len(getattr(pl_module, "data_shape", ())) == 3
+        return is_image and (self.use_fid or self.use_kid or self.use_pr)
+
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, pl_module: Any, stage: str) -> dict[str, float]:
+        """Draw samples, save/log the grid, compute and log the sample metrics of ``stage``."""
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            wants_features = self._wants_features(pl_module)
+            num = self.num_samples[stage] if wants_features else 0
+            num_drawn = max(num, self.grid_size)
+            features, grid, seconds = self._draw(trainer, pl_module, num_drawn, wants_features)
+            if grid is not None and grid.numel():
+                self._save_grid(trainer, pl_module, grid, stage)
+            values: dict[str, float] = {}
+            if seconds is not None and num_drawn:
+                values["sample_sec_per_image"] = seconds
+            if wants_features and num > 0:
+                real = self.real_features(trainer, pl_module, num)
+                values.update(self._sample_metrics(real, features[:num]))
+                provenance = {
+                    "n_generated": num,
+                    "n_real": real.shape[0],
+                    "real_split": self.real_split,
+                    "feature_extractor": self._extractor(pl_module).extractor_id,
+                    "seed": self.seed,
+                }
+                for name in values:
+                    if name != "sample_sec_per_image":
+                        self.sample_metrics[f"{stage}/{name}"] = {"value": values[name], **provenance}
+            if "sample_sec_per_image" in values:
+                self.sample_metrics[f"{stage}/sample_sec_per_image"] = {
+                    "value": values["sample_sec_per_image"], "n_generated": num_drawn}
+            for name, value in values.items():
+                pl_module.log(f"{stage}/{name}", value, on_epoch=True, sync_dist=False)
+            return values
+        finally:
+            pl_module.train(was_training)
+
+    def _draw(self, trainer: L.Trainer, pl_module: Any, num: int,
+              wants_features: bool) -> tuple[Tensor | None, Tensor | None, float | None]:
+        """This rank's chunks -> (all features, the first ``grid_size`` images, seconds per image)."""
+        if num <= 0:
+            return None, None, None
+        sizes = chunk_sizes(num, self.sample_batch_size)
+        mine = rank_chunks(len(sizes), trainer.global_rank, trainer.world_size)
+        grid_chunks = math.ceil(self.grid_size / self.sample_batch_size)
+        feats: dict[int, Tensor] = {}
+        images: dict[int, Tensor] = {}
+        sample_time = 0.0
+        extractor = self._extractor(pl_module) if wants_features else None
+        for index in mine:
+            start = time.perf_counter()
+            labels = chunk_labels(pl_module, index, sizes[index], self.sample_batch_size)
+            x = draw_chunk(pl_module, index, sizes[index], self.seed, pl_module.sample_kwargs, labels).float()
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)
+            sample_time += time.perf_counter() - start
+            if not torch.isfinite(x).all():
+                raise LitGenError(f"{type(pl_module).__name__}.sample() returned non-finite values")
+            if index < grid_chunks:
+                images[index] = x
+            if extractor is not None:
+                feats[index] = extractor(x.clamp(0, 1)).float()
+        gather = trainer.strategy.all_gather
+        world = trainer.world_size
+        device = pl_module.device
+        features = gather_chunks(feats, sizes, world, gather, (2048,), device) if extractor else None
+        grid_sizes = sizes[:grid_chunks]
+        grid_images = {i: images[i] for i in images}
+        grid = gather_chunks(grid_images, grid_sizes, world, gather, tuple(pl_module.data_shape), device)
+        total_time = torch.tensor(sample_time, device=device, dtype=torch.float64)
+        if world > 1:
+            total_time = trainer.strategy.reduce(total_time, reduce_op="sum")
+        return features, grid[: self.grid_size], float(total_time) / num
+
+    def _extractor(self, pl_module: Any):
+        from lit_gen.evaluation.features import get_inception
+
+        return get_inception(self.inception_weights, pl_module.device)
+
+    def real_features(self, trainer: L.Trainer, pl_module: Any, num_generated: int) -> Tensor:
+        """Inception features of the first N images of ``real_split``, from the disk cache when present."""
+        from lit_gen.evaluation.metrics import FeatureCache
+
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "split_dataset"):
+            raise LitGenError("sample metrics need a lit-gen datamodule (with split_dataset) for real images")
+        dataset = datamodule.split_dataset(self.real_split)
+        num = min(self.num_real or num_generated, len(dataset))
+        extractor = self._extractor(pl_module)
+        cache = FeatureCache(Path(self.cache_dir) / "features" if self.cache_dir else None)
+        key = cache.key(datamodule.name, self.real_split, extractor.extractor_id, num)
+        if key in self._real_features:
+            return self._real_features[key].to(pl_module.device)
+        features = cache.load(key)
+        if features is None:
+            sizes = chunk_sizes(num, self.sample_batch_size)
+            mine = rank_chunks(len(sizes), trainer.global_rank, trainer.world_size)
+            local = {}
+            for index in mine:
+                start = index * self.sample_batch_size
+                batch = torch.stack([dataset[i][0] for i in range(start, start + sizes[index])])
+                local[index] = extractor(batch.to(pl_module.device)).float()
+            features = gather_chunks(local, sizes, trainer.world_size, trainer.strategy.all_gather,
+                                     (2048,), pl_module.device)
+            if trainer.is_global_zero:
+                cache.save(key, features.cpu())
+        self._real_features[key] = features.cpu()
+        return features.to(pl_module.device)
+
+    def _sample_metrics(self, real: Tensor, fake: Tensor) -> dict[str, float]:
+        from lit_gen.evaluation import metrics
+
+        real, fake = real.double().cpu(), fake.double().cpu()
+        out: dict[str, float] = {}
+        if self.use_fid:
+            out["fid"] = metrics.fid(real, fake)
+        if self.use_kid:
+            out["kid_mean"], out["kid_std"] = metrics.kid(real, fake, self.kid_subsets, self.kid_subset_size)
+        if self.use_pr:
+            out["precision"], out["recall"] = metrics.precision_recall(real, fake, self.pr_neighbors)
+        return out
+
+    # ------------------------------------------------------------------ grids
+    def _save_grid(self, trainer: L.Trainer, pl_module: Any, samples: Tensor, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        out_dir = run_dir(trainer) / "samples"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{stage}_epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}.png"
+        samples = samples.detach().float().cpu()
+        if samples.dim() == 4:
+            from lit_gen.evaluation.report import save_image_grid
+
+            grid = save_image_grid(samples.clamp(0, 1), path)
+            for logger in trainer.loggers:
+                experiment = getattr(logger, "experiment", None)
+                if hasattr(experiment, "add_image"):
+                    experiment.add_image(f"{stage}/samples", grid, trainer.global_step)
+        elif samples.dim() == 2 and samples.shape[1] == 2:
+            from lit_gen.evaluation.report import save_scatter
+
+            save_scatter(samples, path)

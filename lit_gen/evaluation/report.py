@@ -1,0 +1,125 @@
+"""Reports: image grids, ``metrics.json`` and the terminal table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from lit_gen import __version__
+
+UNITS = {"nll": "nats", "bpd": "bits/dim", "fid": "", "kid_mean": "", "kid_std": "", "precision": "",
+         "recall": "", "sample_sec_per_image": "s"}
+
+
+def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = None) -> Tensor:
+    """Save ``(N, C, H, W)`` images in [0, 1] as one PNG grid (near-square); returns the grid tensor."""
+    from torchvision.utils import make_grid, save_image
+
+    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
+    grid = make_grid(images.float().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+    return grid
+
+
+def save_scatter(points: Tensor, path: str | os.PathLike) -> None:
+    """Scatter plot of 2-D samples (toy densities live in [0, 1]^2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    pts = points.float().cpu().numpy()
+    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.6)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def collect_test_metrics(trainer: Any, pl_module: Any, callback: Any) -> dict[str, Any]:
+    """Everything ``test`` measured, each metric with its value, kind, N and provenance."""
+    from lit_gen.models.base import qualified_name
+
+    metrics: dict[str, dict[str, Any]] = {}
+    kinds = pl_module.likelihood_kinds() if hasattr(pl_module, "likelihood_kinds") else {}
+    logged = {k[len("test/"):]: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    num_examples = logged.pop("num_examples", None)
+    n = int(round(float(num_examples))) if num_examples is not None else None
+    for name, value in sorted(logged.items()):
+        entry: dict[str, Any] = {"value": float(value), "split": "test"}
+        if name in kinds:
+            entry.update(kind=kinds[name], n=n)
+        elif f"test/{name}" in callback.sample_metrics:
+            entry.update(callback.sample_metrics[f"test/{name}"])
+        elif name == "loss" or name.endswith("_nats"):
+            entry["n"] = n
+        unit = UNITS.get(name, "bits/dim" if name.endswith("bpd") else "nats" if name in kinds else "")
+        if unit:
+            entry["unit"] = unit
+        metrics[name] = entry
+    if not kinds:
+        # Say it plainly rather than print a made-up number.
+        metrics["nll"] = {"value": None, "kind": "not available",
+                          "why": f"{type(pl_module).__name__} has no tractable likelihood"}
+    datamodule = trainer.datamodule
+    return {
+        "model": qualified_name(pl_module),
+        "datamodule": getattr(datamodule, "name", type(datamodule).__name__ if datamodule else None),
+        "split": "test",
+        "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+        "seed": int(os.environ["PL_GLOBAL_SEED"]) if "PL_GLOBAL_SEED" in os.environ else None,
+        "sample_kwargs": dict(getattr(pl_module, "sample_kwargs", {})),
+        "lit_gen_version": __version__,
+        "metrics": metrics,
+    }
+
+
+def write_metrics_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically, so an interrupted test never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.1f}"
+    return str(value)
+
+
+def print_metrics_table(report: dict[str, Any]) -> None:
+    """A short rich table: metric, value, kind / protocol, N."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report['model'].rsplit('.', 1)[-1]} on {report['datamodule']} ({report['split']})")
+    for column in ("metric", "value", "kind", "N"):
+        table.add_column(column, justify="right" if column in ("value", "N") else "left")
+    for name, entry in report["metrics"].items():
+        if "n_generated" in entry and "n_real" in entry:
+            kind = f"{entry['n_real']} real ({entry['real_split']}) vs generated"
+            count = entry["n_generated"]
+        else:
+            kind, count = entry.get("kind", ""), entry.get("n", entry.get("n_generated", ""))
+        unit = f" {entry['unit']}" if entry.get("unit") else ""
+        table.add_row(name, format_value(entry["value"]) + unit, kind, format_value(count))
+    Console().print(table)
+
+
+def load_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

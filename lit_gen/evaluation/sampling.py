@@ -1,0 +1,84 @@
+"""Seeded, chunked sampling that gives the same sample set on any number of processes.
+
+A request for N samples is cut into chunks of a fixed size; chunk ``i`` is drawn with a generator
+seeded ``seed + i``, and chunk ``i`` goes to rank ``i % world_size``. Every rank draws only its own
+chunks, results are all-gathered and put back in chunk order, so 1 process and 8 processes evaluate the
+same images with no duplicates and no rank-zero-only work.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+def chunk_sizes(num_samples: int, chunk_size: int) -> list[int]:
+    """Sizes of the chunks a request for ``num_samples`` is cut into (the last may be smaller)."""
+    if num_samples < 0 or chunk_size < 1:
+        raise ValueError(f"need num_samples >= 0 and chunk_size >= 1, got {num_samples}, {chunk_size}")
+    full, rest = divmod(num_samples, chunk_size)
+    return [chunk_size] * full + ([rest] if rest else [])
+
+
+def rank_chunks(num_chunks: int, rank: int, world_size: int) -> list[int]:
+    """Chunk indices drawn by ``rank``: ``rank, rank + W, rank + 2W, ...``."""
+    return list(range(rank, num_chunks, world_size))
+
+
+def chunk_labels(model: Any, index: int, size: int, chunk_size: int) -> Tensor | None:
+    """Balanced labels of chunk ``index`` for conditional models: sample j of the request gets j mod C."""
+    labels = model.default_labels(size)
+    return None if labels is None else (labels + index * chunk_size) % model.num_classes
+
+
+@torch.no_grad()
+def draw_chunk(model: Any, index: int, size: int, seed: int, sample_kwargs: dict[str, Any],
+               labels: Tensor | None = None) -> Tensor:
+    """Samples of chunk ``index``: generator seeded ``seed + index`` on the model's device."""
+    generator = torch.Generator(device=model.device).manual_seed(seed + index)
+    return model.sample(size, labels=labels, generator=generator, **sample_kwargs)
+
+
+def gather_chunks(
+    local: dict[int, Tensor],
+    sizes: list[int],
+    world_size: int,
+    all_gather: Callable[[Tensor], Tensor],
+    item_shape: tuple[int, ...],
+    device: torch.device | None = None,
+) -> Tensor:
+    """Concatenate every rank's chunks in chunk order, on every rank.
+
+    ``local`` maps the chunk indices this rank drew to tensors of shape ``(size_i, *F)``. Ranks pad to
+    the same number of full-size chunks so one ``all_gather`` collects everything (a rank with no chunk
+    still takes part). ``item_shape`` is the shape of one row, float32.
+    """
+    if not sizes:
+        return torch.empty((0, *item_shape), device=device)
+    if world_size == 1:
+        return torch.cat([local[i].float() for i in range(len(sizes))])
+    per_rank = math.ceil(len(sizes) / world_size)
+    padded = torch.zeros((per_rank, max(sizes), *item_shape), device=device)
+    for slot, index in enumerate(sorted(local)):
+        padded[slot, : local[index].shape[0]] = local[index]
+    gathered = all_gather(padded)  # (W, per_rank, chunk, *F)
+    return torch.cat([gathered[i % world_size, i // world_size, : sizes[i]] for i in range(len(sizes))])
+
+
+class SampleRequests(Dataset):
+    """A predict 'dataset' of sample requests: item i is ``[chunk index, its size, seed, chunk size]``."""
+
+    def __init__(self, num_samples: int, chunk_size: int, seed: int) -> None:
+        self.sizes = chunk_sizes(num_samples, chunk_size)
+        self.chunk_size = chunk_size
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return torch.tensor([index, self.sizes[index], self.seed, self.chunk_size], dtype=torch.long)

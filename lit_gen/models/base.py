@@ -1,0 +1,267 @@
+"""GenerativeModule: the protocol every family implements, and what they all share.
+
+The evaluation side (callback, CLI, benchmarks) knows a model only through this protocol:
+
+- ``loss(x, labels)``: the family's training objective, a scalar or a dict with a ``"loss"`` entry;
+  extra entries are logged beside it. (GANs override ``training_step`` for manual optimization.)
+- ``sample(num_samples, *, labels=None, generator=None, **knobs)``: images in data space, [0, 1], data shape.
+  Each family names its diversity-vs-quality knob in ``sampling_knob``.
+- ``nll(x, labels=None, **kwargs) -> NLL``: per-example nats of the discrete data in its own levels, with a
+  kind (exact / bound / estimate). Families without a likelihood leave ``likelihood_kind = None``.
+
+The data's shape, levels K and classes come from the datamodule (linked by the CLI), never typed twice.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from lit_gen import __version__
+from lit_gen.errors import CheckpointError, LitGenError
+from lit_gen.evaluation.likelihood import NLL, bits_per_dim, dequantize
+from lit_gen.evaluation.sampling import chunk_labels, draw_chunk
+
+
+def qualified_name(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class GenerativeModule(L.LightningModule):
+    """Base class of every family.
+
+    Args:
+        data_shape: shape of one example, ``(C, H, W)`` for images (linked from the datamodule).
+        num_levels: discrete levels K per dimension (17 for digits, 256 for 8-bit images), ``None`` for
+            continuous data (linked from the datamodule).
+        num_classes: number of classes of the data, ``None`` if unlabeled (linked from the datamodule).
+        conditional: train and sample class-conditionally (needs ``num_classes``).
+        optimizer: optimizer factory (``class_path``/``init_args`` in YAML).
+        lr_scheduler: optional scheduler factory; stepped every ``lr_scheduler_interval``.
+        lr_scheduler_interval: ``"epoch"`` or ``"step"``.
+        sample_kwargs: the sampler's knobs used by evaluation and ``lit-gen predict`` (e.g.
+            ``{temperature: 0.8}``); arguments of this family's ``sample``.
+    """
+
+    #: "exact", "bound" or "estimate"; None when the family has no tractable likelihood.
+    likelihood_kind: ClassVar[str | None] = None
+    #: Name of the family's diversity-vs-quality argument of ``sample`` (temperature, truncation, ...).
+    sampling_knob: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...] = (1, 8, 8),
+        num_levels: int | None = 17,
+        num_classes: int | None = None,
+        conditional: bool = False,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: str = "epoch",
+        sample_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        # Collects the init arguments of the whole subclass chain: checkpoints record what built them.
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        if conditional and not num_classes:
+            raise LitGenError(f"{type(self).__name__}: conditional=True needs a labeled dataset (num_classes)")
+        if num_levels is not None and num_levels < 2:
+            raise LitGenError(f"num_levels must be >= 2 or null, got {num_levels}")
+        if lr_scheduler_interval not in ("epoch", "step"):
+            raise LitGenError(f"lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}")
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.num_levels = num_levels
+        self.num_classes = num_classes
+        self.conditional = conditional
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.sample_kwargs = dict(sample_kwargs or {})
+
+    # ------------------------------------------------------------------ data
+    @property
+    def num_dims(self) -> int:
+        """D, the number of dimensions of one example (bits/dim divides by it)."""
+        return math.prod(self.data_shape)
+
+    def split_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        """``(x, labels)`` from a datamodule batch; labels only when the model is conditional."""
+        x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        return x, (y if self.conditional else None)
+
+    def dequantize(self, x: Tensor) -> Tensor:
+        """The shared dequantization policy: uniform noise within each of the K levels' bins.
+
+        Families that model a density on [0, 1]^D train on this and add ``D log K`` when reporting NLL
+        (:func:`lit_gen.evaluation.likelihood.discrete_nll_from_density`). Continuous data passes through.
+        """
+        return x if self.num_levels is None else dequantize(x, self.num_levels)
+
+    def default_labels(self, num_samples: int, device: torch.device | None = None) -> Tensor | None:
+        """Balanced labels (0, 1, ..., C-1, 0, ...) for conditional sampling; None when unconditional."""
+        if not self.conditional:
+            return None
+        return torch.arange(num_samples, device=device or self.device) % self.num_classes
+
+    # -------------------------------------------------------------- protocol
+    def loss(self, x: Tensor, labels: Tensor | None = None) -> Tensor | dict[str, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must implement loss()")
+
+    def sample(
+        self,
+        num_samples: int,
+        *,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **knobs: Any,
+    ) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement sample()")
+
+    def nll(self, x: Tensor, labels: Tensor | None = None, **kwargs: Any) -> NLL:
+        raise NotImplementedError(f"{type(self).__name__} has no tractable likelihood")
+
+    @property
+    def has_likelihood(self) -> bool:
+        return self.likelihood_kind is not None
+
+    def eval_nll_kwargs(self, stage: str) -> dict[str, Any]:
+        """Extra arguments of ``nll`` at validation / test (e.g. a VAE's importance samples)."""
+        return {}
+
+    # ------------------------------------------------------------ Lightning
+    def _log_loss(self, stage: str, out: Tensor | dict[str, Tensor], batch_size: int) -> Tensor:
+        terms = out if isinstance(out, dict) else {"loss": out}
+        if "loss" not in terms:
+            raise LitGenError(f"{type(self).__name__}.loss() returned a dict without a 'loss' entry")
+        on_step = stage == "train"
+        for name, value in terms.items():
+            self.log(
+                f"{stage}/{name}",
+                value.detach() if name != "loss" else value,
+                prog_bar=name == "loss",
+                on_step=on_step,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=stage != "train",
+            )
+        return terms["loss"]
+
+    def check_finite(self, loss: Tensor) -> None:
+        """Stop at the first non-finite loss, before the optimizer step writes NaN into the weights."""
+        if not torch.isfinite(loss).all():
+            raise LitGenError(
+                f"non-finite loss ({loss.item()}) at global step {self.global_step}, epoch "
+                f"{self.current_epoch}; training stopped, checkpoints already written are untouched "
+                "(lower the learning rate, enable gradient clipping, or use a wider precision)"
+            )
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, labels = self.split_batch(batch)
+        loss = self._log_loss("train", self.loss(x, labels), x.shape[0])
+        self.check_finite(loss)
+        return loss
+
+    def _evaluation_step(self, stage: str, batch: Any) -> None:
+        x, labels = self.split_batch(batch)
+        self._log_loss(stage, self.loss(x, labels), x.shape[0])
+        # Summed over batches and ranks: the N that reports state beside every split mean.
+        self.log(f"{stage}/num_examples", float(x.shape[0]), reduce_fx="sum", on_epoch=True, on_step=False,
+                 sync_dist=True, batch_size=x.shape[0])
+        if not self.has_likelihood:
+            return
+        out = self.nll(x, labels, **self.eval_nll_kwargs(stage))
+        self._log_nll(stage, "nll", out.nats, x.shape[0])
+        for name, (nats, _kind) in out.terms.items():
+            self._log_nll(stage, name, nats, x.shape[0])
+
+    def _log_nll(self, stage: str, name: str, nats: Tensor, batch_size: int) -> None:
+        # Means of per-example values weighted by batch size; float64 so large splits don't drift.
+        nats = nats.detach().double()
+        self.log(f"{stage}/{name}", nats.mean(), batch_size=batch_size, sync_dist=True, on_epoch=True)
+        if self.num_levels is not None:
+            bpd_name = "bpd" if name == "nll" else f"{name}_bpd"
+            bpd = bits_per_dim(nats, self.num_dims).mean()
+            self.log(f"{stage}/{bpd_name}", bpd, batch_size=batch_size, sync_dist=True, on_epoch=True)
+
+    def likelihood_kinds(self) -> dict[str, str]:
+        """Metric name -> kind, for reports (the kinds of ``nll`` and of its extra terms)."""
+        if not self.has_likelihood:
+            return {}
+        kinds = {"nll": self.likelihood_kind, "bpd": self.likelihood_kind}
+        kinds.update(self.extra_likelihood_kinds())
+        return kinds
+
+    def extra_likelihood_kinds(self) -> dict[str, str]:
+        """Kinds of the extra ``NLL.terms`` this family reports (name -> kind)."""
+        return {}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluation_step("val", batch)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluation_step("test", batch)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """One chunk of a seeded sample request (see :class:`lit_gen.datamodules.base.SampleRequests`).
+
+        Chunk ``i`` is drawn with seed ``seed + i`` whatever the number of processes, so the sample set
+        of ``lit-gen predict`` does not depend on how many devices drew it.
+        """
+        index, size, seed, chunk_size = (int(v) for v in batch[0])
+        labels = chunk_labels(self, index, size, chunk_size)
+        images = draw_chunk(self, index, size, seed, self.sample_kwargs, labels)
+        return {"chunk": index, "start": index * chunk_size, "images": images.float().cpu(),
+                "labels": None if labels is None else labels.cpu()}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.lr_scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    # ----------------------------------------------------------- checkpoints
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """What a checkpoint must agree on to be loaded into this model."""
+        return {
+            "model": qualified_name(self),
+            "data_shape": list(self.data_shape),
+            "num_levels": self.num_levels,
+            "num_classes": self.num_classes,
+            "conditional": self.conditional,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lit_gen"] = {**self.checkpoint_identity(), "version": __version__}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._checkpoint_hparams = dict(checkpoint.get("hyper_parameters") or {})
+        saved = checkpoint.get("lit_gen")
+        if saved is None:
+            raise CheckpointError("not a lit-gen checkpoint (it has no 'lit_gen' record)")
+        mine = self.checkpoint_identity()
+        for key, value in mine.items():
+            if key in saved and saved[key] != value:
+                raise CheckpointError(
+                    f"checkpoint was written by a model with {key}={saved[key]!r}, "
+                    f"but this config builds one with {key}={value!r}"
+                )
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as err:
+            saved = getattr(self, "_checkpoint_hparams", {}) or {}
+            differ = [f"{k}={saved[k]!r} in the checkpoint, {v!r} in the config"
+                      for k, v in self.hparams.items() if k in saved and saved[k] != v]
+            detail = "; ".join(differ) if differ else str(err).splitlines()[1].strip()
+            raise CheckpointError(f"checkpoint weights do not fit the configured {type(self).__name__}: {detail}") \
+                from None

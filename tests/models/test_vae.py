@@ -1,0 +1,132 @@
+"""The VAE: shapes for every dataset, the bounds' identities and ordering, and a trained model's quality."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from lit_gen.datamodules import DigitsDataModule
+from lit_gen.evaluation.likelihood import from_levels, to_levels
+from lit_gen.models.factorized import FactorizedCategorical
+from lit_gen.models.vae import VAE
+
+
+def digits_batch(n=16, seed=0):
+    return from_levels(torch.randint(0, 17, (n, 1, 8, 8), generator=torch.Generator().manual_seed(seed)), 17)
+
+
+@pytest.mark.parametrize(
+    "shape,levels,likelihood",
+    [((1, 8, 8), 17, "categorical"), ((1, 28, 28), 256, "logistic_mixture"), ((3, 32, 32), 256, "logistic_mixture"),
+     ((1, 28, 28), 2, "bernoulli")],
+)
+def test_shapes_and_samples_on_the_data_grid(shape, levels, likelihood):
+    model = VAE(data_shape=shape, num_levels=levels, latent_dim=4, channels=8, likelihood=likelihood)
+    x = from_levels(torch.randint(0, levels, (3, *shape)), levels)
+    assert model.loss(x)["loss"].shape == ()
+    out = model.nll(x, num_samples=3)
+    assert out.nats.shape == (3,) and out.kind == "estimate" and out.terms["elbo"][1] == "bound"
+    for decode in ("mean", "sample"):
+        s = model.sample(5, decode=decode, generator=torch.Generator().manual_seed(0))
+        assert s.shape == (5, *shape)
+        assert torch.equal(s, from_levels(to_levels(s, levels), levels)), "samples must lie on the K levels"
+
+
+def test_mlp_variant_on_continuous_toy_data():
+    model = VAE(data_shape=(2,), num_levels=None, architecture="mlp", likelihood="gaussian", latent_dim=2,
+                channels=32)
+    x = torch.rand(8, 2)
+    assert torch.isfinite(model.nll(x, num_samples=4).nats).all()
+    assert model.sample(6).shape == (6, 2)
+
+
+def test_conditional_vae_uses_labels():
+    model = VAE(data_shape=(1, 8, 8), num_levels=17, num_classes=10, conditional=True, latent_dim=4, channels=8)
+    x, labels = digits_batch(4), torch.tensor([0, 1, 2, 3])
+    assert torch.isfinite(model.loss(x, labels)["loss"])
+    a = model.sample(4, labels=torch.zeros(4, dtype=torch.long), generator=torch.Generator().manual_seed(1),
+                     decode="sample")
+    b = model.sample(4, labels=torch.full((4,), 7), generator=torch.Generator().manual_seed(1), decode="sample")
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="labels"):
+        model.loss(x, None)
+
+
+def test_iwae_with_one_sample_equals_the_elbo_with_the_same_noise():
+    """k = 1 makes the IWAE bound the (one-sample) ELBO; with the mixture prior both use the MC KL."""
+    torch.manual_seed(0)
+    model = VAE(data_shape=(1, 8, 8), num_levels=17, latent_dim=4, channels=8, prior="mixture")
+    x = digits_batch()
+    recon, kl = model.elbo_terms(x, generator=torch.Generator().manual_seed(3))
+    iwae = model.iwae_nll(x, num_samples=1, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(iwae, (kl - recon).double(), atol=1e-4)
+
+
+def test_analytic_kl_is_the_expectation_of_the_sampled_kl():
+    from lit_gen.models.vae.priors import StandardNormalPrior, diagonal_gaussian_log_prob
+
+    torch.manual_seed(0)
+    prior = StandardNormalPrior(3)
+    mean, log_var = torch.randn(1, 3), torch.randn(1, 3) * 0.5
+    z = mean + torch.exp(0.5 * log_var) * torch.randn(200000, 3)
+    sampled = (diagonal_gaussian_log_prob(z, mean, log_var) - prior.log_prob(z)).mean()
+    assert sampled.item() == pytest.approx(prior.kl(mean, log_var).item(), abs=0.01)
+
+
+def test_mixture_prior_is_a_normalised_density():
+    from lit_gen.models.vae.priors import MixturePrior
+
+    torch.manual_seed(0)
+    prior = MixturePrior(1, 3)
+    grid = torch.linspace(-12, 12, 20001).unsqueeze(1)
+    mass = torch.trapezoid(prior.log_prob(grid).exp().detach(), grid.squeeze(1))
+    assert mass.item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def trained_digits_vae():
+    """A small VAE trained for a few CPU seconds on digits, with the factorized baseline on the same split."""
+    L.seed_everything(0)
+    data = DigitsDataModule(batch_size=64)
+    model = VAE(data_shape=data.data_shape, num_levels=17, latent_dim=16, channels=32,
+                optimizer=lambda p: torch.optim.Adam(p, lr=2e-3))
+    trainer = L.Trainer(max_epochs=25, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, accelerator="cpu")
+    trainer.fit(model, datamodule=data)
+    baseline = FactorizedCategorical(data_shape=data.data_shape, num_levels=17)
+    baseline.fit_counts(data.train_dataloader())
+    return model.eval(), baseline, data
+
+
+def test_iwae_is_tighter_than_the_elbo_on_a_trained_model(trained_digits_vae):
+    model, _, data = trained_digits_vae
+    x = torch.stack([data.split_dataset("test")[i][0] for i in range(128)])
+    out = model.nll(x, num_samples=50, generator=torch.Generator().manual_seed(0))
+    elbo = out.terms["elbo"][0]
+    assert out.nats.mean() < elbo.mean(), "IWAE (k=50) must be at most the ELBO bound"
+
+
+def test_trained_vae_beats_the_factorized_baseline_in_test_bpd(trained_digits_vae):
+    model, baseline, data = trained_digits_vae
+    test = data.split_dataset("test")
+    x = torch.stack([test[i][0] for i in range(len(test))])
+    dims = 64 * torch.log(torch.tensor(2.0, dtype=torch.float64))
+    vae_bpd = (model.nll(x, num_samples=20).nats.mean() / dims).item()
+    baseline_bpd = (baseline.nll(x).nats.mean() / dims).item()
+    assert vae_bpd < baseline_bpd - 0.3, (vae_bpd, baseline_bpd)
+
+
+def test_trained_vae_samples_beat_the_baseline_in_fid(trained_digits_vae):
+    from lit_gen.evaluation.features import get_inception
+    from lit_gen.evaluation.metrics import fid
+
+    model, baseline, data = trained_digits_vae
+    extractor = get_inception()
+    n = 96
+    train = data.split_dataset("train")
+    real = extractor(torch.stack([train[i][0] for i in range(n)]))
+    vae = extractor(model.sample(n, generator=torch.Generator().manual_seed(0)))
+    base = extractor(baseline.sample(n, generator=torch.Generator().manual_seed(0)))
+    fid_vae, fid_base = fid(real, vae), fid(real, base)
+    assert fid_vae < fid_base, (fid_vae, fid_base)
