@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from lit_gen import __version__
@@ -16,10 +17,18 @@ UNITS = {"nll": "nats", "bpd": "bits/dim", "fid": "", "kid_mean": "", "kid_std":
          "recall": "", "sample_sec_per_image": "s"}
 
 
-def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = None) -> Tensor:
-    """Save ``(N, C, H, W)`` images in [0, 1] as one PNG grid (near-square); returns the grid tensor."""
+def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = None,
+                    min_side: int = 32) -> Tensor:
+    """Save ``(N, C, H, W)`` images in [0, 1] as one PNG grid (near-square); returns the grid tensor.
+
+    Images smaller than ``min_side`` (8x8 digits) are enlarged by an integer factor, nearest-neighbour,
+    so a person can see them; pixels are not interpolated, so the grid still shows the true levels.
+    """
     from torchvision.utils import make_grid, save_image
 
+    factor = math.ceil(min_side / min(images.shape[-2:]))
+    if factor > 1:
+        images = torch.nn.functional.interpolate(images.float(), scale_factor=factor, mode="nearest")
     nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
     grid = make_grid(images.float().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
     Path(path).parent.mkdir(parents=True, exist_ok=True)

