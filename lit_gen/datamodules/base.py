@@ -199,6 +199,15 @@ def carve(dataset_size: int, sizes: Sequence[int], salt: int = 0) -> list[list[i
     return chunks
 
 
+def split_train_val_test(full: Dataset, test_size: int | float, val_size: int | float) -> dict[str, Subset]:
+    """Fixed test / val / train subsets of one dataset; ``val_size`` fractions count what test leaves."""
+    total = len(full)
+    n_test = resolve_split_size("test_size", test_size, total)
+    n_val = resolve_split_size("val_size", val_size, total - n_test)
+    test_idx, val_idx, train_idx = carve(total, [n_test, n_val])
+    return {"train": Subset(full, train_idx), "val": Subset(full, val_idx), "test": Subset(full, test_idx)}
+
+
 def _check_positive_int(what: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise LitGenError(f"{what} must be a positive integer, got {value!r}")

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from lit_gen.datamodules.base import (
     GenerativeDataModule,
     LevelTensorDataset,
-    carve,
     check_split_size,
-    resolve_split_size,
+    split_train_val_test,
 )
 from lit_gen.errors import LitGenError
 
@@ -52,12 +51,4 @@ class DigitsDataModule(GenerativeDataModule):
             raise LitGenError(f"sklearn digits: expected values in 0..16, found max {int(images.max())}")
         labels = torch.from_numpy(bunch.target).to(torch.int64)
         full = LevelTensorDataset(images, labels, num_levels=self.num_levels)
-        total = len(full)
-        n_test = resolve_split_size("test_size", self.test_size, total)
-        n_val = resolve_split_size("val_size", self.val_size, total - n_test)
-        test_idx, val_idx, train_idx = carve(total, [n_test, n_val])
-        return {
-            "train": Subset(full, train_idx),
-            "val": Subset(full, val_idx),
-            "test": Subset(full, test_idx),
-        }
+        return split_train_val_test(full, self.test_size, self.val_size)

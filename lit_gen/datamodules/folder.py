@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from lit_gen.datamodules.base import (
     GenerativeDataModule,
-    carve,
     check_split_size,
-    resolve_split_size,
+    split_train_val_test,
 )
 from lit_gen.errors import DataNotFoundError, LitGenError
 
@@ -162,12 +161,4 @@ class ImageFolderDataModule(GenerativeDataModule):
     def _build_splits(self) -> dict[str, Dataset]:
         paths, labels = self._list_files()
         full = ImageFileDataset(paths, labels, self.image_size, self.grayscale)
-        total = len(full)
-        n_test = resolve_split_size("test_size", self.test_size, total)
-        n_val = resolve_split_size("val_size", self.val_size, total - n_test)
-        test_idx, val_idx, train_idx = carve(total, [n_test, n_val])
-        return {
-            "train": Subset(full, train_idx),
-            "val": Subset(full, val_idx),
-            "test": Subset(full, test_idx),
-        }
+        return split_train_val_test(full, self.test_size, self.val_size)

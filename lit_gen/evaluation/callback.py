@@ -28,7 +28,11 @@ from lit_gen.evaluation.sampling import chunk_labels, chunk_sizes, draw_chunk, g
 
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The directory of this run: the logger's versioned dir, else the trainer's root dir."""
+    """The directory of this run: the logger's versioned dir, else the trainer's root dir.
+
+    ``trainer.log_dir`` is a collective (it broadcasts from rank zero): every rank must call this, never
+    only rank zero.
+    """
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
@@ -38,7 +42,7 @@ class GenerativeEvaluation(Callback):
     Args:
         every_n_epochs: evaluate at the end of every n-th validation epoch (0 disables validation-time
             evaluation; ``test`` always evaluates).
-        val_num_samples: generated samples for FID at validation (small: a progress signal).
+        val_num_samples: generated samples for FID at validation (small: a progress signal; 0 = grids only).
         test_num_samples: generated samples for FID at test (state N when you report a number).
         num_real: real images for the reference statistics (default: as many as generated).
         real_split: split of the datamodule the real statistics come from (``train`` as in most papers).
@@ -105,10 +109,11 @@ class GenerativeEvaluation(Callback):
         from lit_gen.evaluation.report import collect_test_metrics, print_metrics_table, write_metrics_json
 
         report = collect_test_metrics(trainer, pl_module, self)
+        directory = run_dir(trainer)  # on every rank: it is a collective
         if trainer.is_global_zero:
             print_metrics_table(report)
             if self.write_metrics:
-                path = write_metrics_json(report, run_dir(trainer) / "metrics.json")
+                path = write_metrics_json(report, directory / "metrics.json")
                 print(f"metrics written to {path}")
 
     # ------------------------------------------------------------- evaluation
@@ -210,6 +215,12 @@ class GenerativeEvaluation(Callback):
         if key in self._real_features:
             return self._real_features[key].to(pl_module.device)
         features = cache.load(key)
+        if trainer.world_size > 1:
+            # Ranks must agree (a node without the shared cache file would otherwise gather alone).
+            hits = trainer.strategy.reduce(torch.tensor(float(features is not None), device=pl_module.device),
+                                           reduce_op="sum")
+            if float(hits) < trainer.world_size:
+                features = None
         if features is None:
             sizes = chunk_sizes(num, self.sample_batch_size)
             mine = rank_chunks(len(sizes), trainer.global_rank, trainer.world_size)
@@ -240,9 +251,9 @@ class GenerativeEvaluation(Callback):
 
     # ------------------------------------------------------------------ grids
     def _save_grid(self, trainer: L.Trainer, pl_module: Any, samples: Tensor, stage: str) -> None:
+        out_dir = run_dir(trainer) / "samples"  # on every rank: it is a collective
         if not trainer.is_global_zero:
             return
-        out_dir = run_dir(trainer) / "samples"
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{stage}_epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}.png"
         samples = samples.detach().float().cpu()

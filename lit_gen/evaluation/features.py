@@ -184,7 +184,7 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def _atomic_torch_save(obj, dst: Path) -> None:
+def atomic_torch_save(obj, dst: Path) -> None:
     """Write via a temp file in the same directory + os.replace, so readers never see a partial file."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
@@ -212,7 +212,7 @@ def _converted_path_for(src: Path) -> Path:
 def _convert_cached(src: Path) -> Path:
     dst = _converted_path_for(src)
     if not dst.is_file():
-        _atomic_torch_save(convert_torchscript_inception(src), dst)
+        atomic_torch_save(convert_torchscript_inception(src), dst)
     return dst
 
 

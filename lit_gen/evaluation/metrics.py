@@ -12,12 +12,11 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
-from lit_gen.evaluation.features import cache_dir
+from lit_gen.evaluation.features import atomic_torch_save, cache_dir
 
 __all__ = ["FeatureCache", "fid", "kid", "precision_recall"]
 
@@ -174,17 +173,6 @@ class FeatureCache:
     def save(self, key: str, features: torch.Tensor) -> Path:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(features.detach().cpu().contiguous(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        # Atomic: readers see the old file or the new one, never half of one.
+        atomic_torch_save(features.detach().cpu().contiguous(), path)
         return path

@@ -60,15 +60,16 @@ class SampleWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
         # Chunks left by an interrupted run into the same directory must not leak into this one.
+        out = self.directory(trainer)  # on every rank: run_dir is a collective
         if trainer.is_global_zero:
-            for stale in (self.directory(trainer) / "chunks").glob("chunk_*.npz"):
+            for stale in (out / "chunks").glob("chunk_*.npz"):
                 stale.unlink()
         trainer.strategy.barrier()
 
     def on_predict_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         trainer.strategy.barrier()
+        out = self.directory(trainer)  # on every rank: run_dir is a collective
         if trainer.is_global_zero:
-            out = self.directory(trainer)
             chunks = sorted((out / "chunks").glob("chunk_*.npz"))
             parts = [dict(np.load(path)) for path in chunks]
             samples = np.concatenate([p["samples"] for p in parts])

@@ -1,0 +1,55 @@
+"""Shared fixtures: an isolated cache and run directory per test session, CLI helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Two cores: keep torch from oversubscribing them in every test process.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Real-feature caches of the tests never mix with the user's ~/.cache/lit_gen.
+
+    The converted Inception weights are reused from the user cache when present (converting costs a few
+    seconds), but features are cached in a fresh directory so cache hits/misses are what tests expect.
+    """
+    cache = tmp_path_factory.mktemp("lit_gen_cache")
+    user_weights = Path(os.environ.get("LIT_GEN_CACHE", Path.home() / ".cache" / "lit_gen")) / "weights"
+    if user_weights.is_dir():
+        (cache / "weights").symlink_to(user_weights, target_is_directory=True)
+    old = os.environ.get("LIT_GEN_CACHE")
+    os.environ["LIT_GEN_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("LIT_GEN_CACHE", None)
+    else:
+        os.environ["LIT_GEN_CACHE"] = old
+
+
+def run_cli(args: list[str]) -> int:
+    """Run ``lit-gen`` in-process; returns the exit code (0 when it returns normally)."""
+    from lit_gen.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+def quiet_trainer_args(run_dir: Path, name: str = "test") -> list[str]:
+    """Trainer overrides that keep CLI tests fast, quiet and inside ``run_dir``."""
+    return [
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+        f"--trainer.logger.init_args.name={name}",
+    ]

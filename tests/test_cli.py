@@ -1,0 +1,182 @@
+"""The lit-gen command end to end: fit, test, predict, and its errors on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT, quiet_trainer_args, run_cli
+
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+TINY_VAE = ["--model.init_args.channels=8", "--model.init_args.latent_dim=4", "--model.init_args.iwae_samples=5"]
+
+
+def fit_tiny(run_dir: Path, name: str, extra: list[str] = ()) -> Path:
+    """A two-epoch VAE fit on digits (few batches); returns the run's version directory."""
+    code = run_cli(["fit", "--config", QUICKSTART, *quiet_trainer_args(run_dir, name), *TINY_VAE,
+                    "--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
+                    "--evaluation.every_n_epochs=2", "--evaluation.fid=false", "--evaluation.grid_size=16",
+                    *extra])
+    assert code == 0
+    versions = sorted((run_dir / name).glob("version_*"))
+    return versions[-1]
+
+
+def test_fast_dev_run_vae_on_digits(tmp_path):
+    assert run_cli(["fit", "--config", QUICKSTART, *quiet_trainer_args(tmp_path), *TINY_VAE,
+                    "--trainer.fast_dev_run=true", "--evaluation.fid=false"]) == 0
+
+
+def test_print_config_shows_linked_model_and_defaults(capsys):
+    assert run_cli(["fit", "--config", QUICKSTART, "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "class_path: lit_gen.models.vae.VAE" in out
+    assert "class_path: lit_gen.datamodules.DigitsDataModule" in out
+    assert "seed_everything: 1234" in out
+    assert "save_last: true" in out
+
+
+def test_fit_writes_config_checkpoints_and_grids_then_test_writes_metrics(tmp_path):
+    run = fit_tiny(tmp_path, "vae")
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "samples").glob("val_epoch0001_*.png")), "no sample grid after the 2nd epoch"
+    # A rerun of the same config must not refuse to overwrite anything.
+    fit_tiny(tmp_path, "vae")
+
+    code = run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "vae"), *TINY_VAE,
+                    "--ckpt_path=last", "--trainer.limit_test_batches=2",
+                    "--evaluation.test_num_samples=12", "--evaluation.sample_batch_size=6"])
+    assert code == 0
+    metrics_file = sorted((tmp_path / "vae").glob("version_*/metrics.json"))[-1]
+    report = json.loads(metrics_file.read_text())
+    metrics = report["metrics"]
+    assert report["split"] == "test" and report["checkpoint"].endswith("last.ckpt")
+    assert metrics["nll"]["kind"] == "estimate" and metrics["bpd"]["kind"] == "estimate"
+    assert metrics["elbo"]["kind"] == "bound"
+    assert metrics["nll"]["n"] == 2 * 64  # two test batches
+    assert metrics["bpd"]["value"] == pytest.approx(metrics["nll"]["value"] / (64 * np.log(2)))
+    assert metrics["fid"]["n_generated"] == 12 and metrics["fid"]["real_split"] == "train"
+    assert metrics["fid"]["value"] > 0
+    assert metrics["fid"]["feature_extractor"].startswith("inception")
+
+
+def test_predict_writes_grid_pngs_and_npz_reproducibly(tmp_path):
+    fit_tiny(tmp_path, "pred")
+    outputs = []
+    for attempt in range(2):
+        out_dir = tmp_path / f"predictions{attempt}"
+        code = run_cli(["predict", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "pred"), *TINY_VAE,
+                        "--ckpt_path=last", "--data.init_args.predict_num_samples=10",
+                        "--data.init_args.batch_size=4", f"--prediction.output_dir={out_dir}",
+                        "--model.init_args.sample_kwargs={temperature: 0.9, decode: sample}"])
+        assert code == 0
+        assert (out_dir / "grid.png").is_file()
+        assert len(list((out_dir / "samples").glob("*.png"))) == 10
+        arrays = np.load(out_dir / "samples.npz")
+        assert arrays["images"].shape == (10, 1, 8, 8) and arrays["images"].dtype == np.uint8
+        outputs.append(arrays["samples"])
+    assert np.array_equal(outputs[0], outputs[1])
+    assert not np.array_equal(outputs[0][:4], outputs[0][4:8]), "chunks must use distinct seeds"
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1] if err else ""
+
+
+def test_unknown_key_is_a_short_error(capsys, tmp_path):
+    code = run_cli(["fit", "--config", QUICKSTART, *quiet_trainer_args(tmp_path), "--model.init_args.latnt_dim=3"])
+    assert code == 2
+    assert "latnt_dim" in capsys.readouterr().err
+
+
+def test_bad_value_is_a_short_error(capsys, tmp_path):
+    code = run_cli(["fit", "--config", QUICKSTART, *quiet_trainer_args(tmp_path),
+                    "--model.init_args.likelihood=gaussianish", "--trainer.fast_dev_run=true"])
+    assert code != 0
+    assert "gaussianish" in capsys.readouterr().err
+
+
+def test_missing_dataset_names_the_files(capsys, tmp_path):
+    code = run_cli(["fit", "--config", str(ROOT / "configs" / "vae" / "mnist.yaml"), *quiet_trainer_args(tmp_path),
+                    f"--data.init_args.root={tmp_path / 'nowhere'}", "--trainer.fast_dev_run=true"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "lit-gen: error: MNIST" in err and "train-images-idx3-ubyte" in err and "download" in err
+    assert "Traceback" not in err
+
+
+def test_missing_checkpoint(capsys, tmp_path):
+    code = run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path),
+                    f"--ckpt_path={tmp_path / 'missing.ckpt'}"])
+    assert code == 1
+    assert "does not exist" in error_line(capsys)
+
+
+def test_last_without_a_run(capsys, tmp_path):
+    code = run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "never"), "--ckpt_path=last"])
+    assert code == 1
+    assert "no run with a last.ckpt" in error_line(capsys)
+
+
+def test_corrupt_and_truncated_checkpoints(capsys, tmp_path):
+    run = fit_tiny(tmp_path, "broken")
+    good = (run / "checkpoints" / "last.ckpt").read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good[: len(good) // 2])
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    for path in (truncated, garbage):
+        code = run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path), f"--ckpt_path={path}"])
+        assert code == 1
+        line = error_line(capsys)
+        assert str(path) in line and ("corrupt" in line or "truncated" in line)
+
+
+def test_foreign_checkpoint_is_refused(capsys, tmp_path):
+    run = fit_tiny(tmp_path, "foreign")
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    state["lit_gen"]["model"] = "lit_gen.models.factorized.FactorizedCategorical"
+    other = tmp_path / "other.ckpt"
+    torch.save(state, other)
+    code = run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path), f"--ckpt_path={other}"])
+    assert code == 1
+    assert "FactorizedCategorical" in error_line(capsys)
+
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, plain)
+    assert run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path), f"--ckpt_path={plain}"]) == 1
+    assert "not a lit-gen checkpoint" in error_line(capsys)
+
+
+def test_checkpoint_of_another_shape_is_refused(capsys, tmp_path):
+    run = fit_tiny(tmp_path, "shape")
+    code = run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path), *TINY_VAE,
+                    f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--model.init_args.latent_dim=5"])
+    assert code == 1
+    assert "latent_dim" in error_line(capsys) or "size mismatch" in error_line(capsys)
+
+
+def test_two_process_fit_and_test_with_sample_metrics(tmp_path):
+    """DDP on CPU (gloo): every rank samples its chunks, features are gathered, no rank-zero-only collective."""
+    ddp = ["--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    small_eval = ["--evaluation.sample_batch_size=4", "--evaluation.grid_size=8"]
+    code = run_cli(["fit", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "ddp"), *TINY_VAE, *ddp, *small_eval,
+                    "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
+                    "--evaluation.every_n_epochs=1", "--evaluation.val_num_samples=10"])
+    assert code == 0
+    run = sorted((tmp_path / "ddp").glob("version_*"))[-1]
+    assert list((run / "samples").glob("val_*.png"))
+    code = run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "ddp"), *TINY_VAE, *ddp,
+                    *small_eval, "--ckpt_path=last", "--trainer.limit_test_batches=2",
+                    "--evaluation.test_num_samples=10"])
+    assert code == 0
+    report = json.loads(sorted((tmp_path / "ddp").glob("version_*/metrics.json"))[-1].read_text())
+    assert report["metrics"]["fid"]["n_generated"] == 10
+    assert report["metrics"]["nll"]["n"] == 2 * 2 * 64  # two batches on each of two ranks
