@@ -10,6 +10,7 @@ from lit_gen.models.base import GenerativeModule
 FAMILY_MODULES = (
     "lit_gen.models.factorized",
     "lit_gen.models.vae",
+    "lit_gen.models.autoregressive",
 )
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from lit_gen.evaluation.likelihood import from_levels, to_levels
 
 
-def _gumbel_argmax(logits: Tensor, dim: int, generator: torch.Generator | None) -> Tensor:
+def gumbel_argmax(logits: Tensor, dim: int, generator: torch.Generator | None) -> Tensor:
     """Sample a categorical along ``dim`` (Gumbel-max: exact, works on any device with a generator)."""
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
     gumbel = -torch.log(-torch.log(u.clamp_(1e-12, 1.0 - 1e-7)))
@@ -39,7 +39,7 @@ def categorical_sample(
     """Draw levels from ``(B, K, *D)`` logits at a temperature; returns data-space values."""
     if temperature <= 0:
         return from_levels(logits.argmax(dim=1), num_levels)
-    return from_levels(_gumbel_argmax(logits.float() / temperature, 1, generator), num_levels)
+    return from_levels(gumbel_argmax(logits.float() / temperature, 1, generator), num_levels)
 
 
 def categorical_mean(logits: Tensor, num_levels: int) -> Tensor:
@@ -103,7 +103,7 @@ def discretized_logistic_sample(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Draw from the discretized logistic mixture; temperature scales the logistics' width."""
-    component = _gumbel_argmax(logit_weights.float(), 1, generator).unsqueeze(1)
+    component = gumbel_argmax(logit_weights.float(), 1, generator).unsqueeze(1)
     mu = means.float().gather(1, component).squeeze(1)
     log_s = log_scales.float().clamp(min=-7.0).gather(1, component).squeeze(1)
     if temperature > 0:
