@@ -72,7 +72,8 @@ def collect_test_metrics(trainer: Any, pl_module: Any, callback: Any) -> dict[st
             entry.update(callback.sample_metrics[f"test/{name}"])
         elif name == "loss" or name.endswith("_nats"):
             entry["n"] = n
-        unit = UNITS.get(name, "bits/dim" if name.endswith("bpd") else "nats" if name in kinds else "")
+        unit = UNITS.get(name, "bits/dim" if name.endswith("bpd") else
+                         "nats" if name in kinds or name.endswith("_nats") else "")
         if unit:
             entry["unit"] = unit
         metrics[name] = entry
