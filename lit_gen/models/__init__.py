@@ -11,6 +11,8 @@ FAMILY_MODULES = (
     "lit_gen.models.factorized",
     "lit_gen.models.vae",
     "lit_gen.models.autoregressive",
+    "lit_gen.models.gan",
+    "lit_gen.models.ebm",
 )
 
 

@@ -53,6 +53,9 @@ class GenerativeModule(L.LightningModule):
     likelihood_kind: ClassVar[str | None] = None
     #: Name of the family's diversity-vs-quality argument of ``sample`` (temperature, truncation, ...).
     sampling_knob: ClassVar[str | None] = None
+    #: Init arguments kept out of the checkpoint's hyperparameters: factories are code, not values, and
+    #: leaving them out keeps checkpoints loadable with ``weights_only=True``.
+    hparams_ignore: ClassVar[tuple[str, ...]] = ("optimizer", "lr_scheduler")
 
     def __init__(
         self,
@@ -67,7 +70,7 @@ class GenerativeModule(L.LightningModule):
     ) -> None:
         super().__init__()
         # Collects the init arguments of the whole subclass chain: checkpoints record what built them.
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=list(self.hparams_ignore))
         if conditional and not num_classes:
             raise LitGenError(f"{type(self).__name__}: conditional=True needs a labeled dataset (num_classes)")
         if num_levels is not None and num_levels < 2:
