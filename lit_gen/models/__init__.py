@@ -13,6 +13,7 @@ FAMILY_MODULES = (
     "lit_gen.models.autoregressive",
     "lit_gen.models.gan",
     "lit_gen.models.ebm",
+    "lit_gen.models.flow",
 )
 
 

@@ -1,0 +1,190 @@
+"""Normalizing flows: exact log-density by the change of variables (Dinh et al. 2017, Kingma & Dhariwal 2018).
+
+Objective: maximise log p(y) of the dequantized data y in [0, 1]^D,
+
+    log p(y) = log p_Z(f(g(y))) + log|det dg/dy| + log|det df/dx|,
+
+with g the preprocessing (logit or centring) and f the flow. The reported NLL is in the data's own K
+levels: ``-log p(y) + D log K`` (:func:`~lit_gen.evaluation.likelihood.discrete_nll_from_density`).
+
+Likelihood kind: with uniform dequantization the number is the exact density of the dequantized point
+(kind ``exact``; averaged over the noise it is an upper bound on the discrete NLL); with variational
+dequantization it adds ``log q(u | x)`` and is reported as a ``bound``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lit_gen.evaluation.likelihood import NLL, dequantize, discrete_nll_from_density, from_levels
+from lit_gen.models.base import GenerativeModule
+from lit_gen.models.flow.dequantization import VariationalDequantizer
+from lit_gen.models.flow.glow import build_glow
+from lit_gen.models.flow.priors import PriorName, build_prior
+from lit_gen.models.flow.realnvp import build_realnvp
+from lit_gen.models.flow.transforms import CompositeTransform, Logit, ScalarAffine, Transform
+
+Preprocessing = Literal["logit", "centered", "none"]
+
+
+def build_preprocessing(name: str, logit_alpha: float) -> Transform:
+    """``logit``: RealNVP's logit(alpha + (1 - 2 alpha) y); ``centered``: Glow's y - 1/2; ``none``."""
+    if name == "logit":
+        return Logit(logit_alpha)
+    if name == "centered":
+        return ScalarAffine(1.0, -0.5)
+    if name == "none":
+        return CompositeTransform([])
+    raise ValueError(f"preprocessing must be 'logit', 'centered' or 'none', got {name!r}")
+
+
+class NormalizingFlow(GenerativeModule):
+    """A flow ``self.flow`` on preprocessed, dequantized data, with a base distribution ``self.prior``.
+
+    Subclasses build ``self.flow`` (any :class:`~lit_gen.models.flow.transforms.Transform` that keeps the
+    data's shape) after calling this ``__init__``; on its own the flow is the identity.
+
+    Args:
+        preprocessing: map from [0, 1]^D into the flow's space: ``"logit"``, ``"centered"`` or ``"none"``
+            (continuous data); its log|det| is part of the likelihood.
+        logit_alpha: the logit's margin alpha (RealNVP: 0.05 on CIFAR-10, 1e-6 on MNIST; on MNIST and digits
+            1e-6 is far better, see docs/families/flow.md).
+        dequantization: ``"uniform"`` (the shared policy; NLL kind ``exact``) or ``"variational"`` (a learned
+            q(u | x); NLL kind ``bound``).
+        dequantizer_channels / dequantizer_couplings: size of the variational dequantizer.
+        prior: ``"standard"`` N(0, I), ``"gaussian"`` (learned diagonal) or ``"mixture"`` (learned mixture).
+        prior_components: components of the mixture prior.
+    """
+
+    likelihood_kind = "exact"
+    sampling_knob = "temperature"
+
+    def __init__(
+        self,
+        preprocessing: Preprocessing = "logit",
+        logit_alpha: float = 0.05,
+        dequantization: Literal["uniform", "variational"] = "uniform",
+        dequantizer_channels: int = 32,
+        dequantizer_couplings: int = 2,
+        prior: PriorName = "standard",
+        prior_components: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if self.conditional:
+            raise ValueError(f"{type(self).__name__} is unconditional (conditional=True is not supported)")
+        self.preprocess = build_preprocessing(preprocessing, logit_alpha)
+        self.prior = build_prior(prior, self.num_dims, prior_components)
+        self.dequantizer: VariationalDequantizer | None = None
+        if dequantization == "variational":
+            if self.num_levels is None or len(self.data_shape) != 3:
+                raise ValueError("variational dequantization needs discrete images (num_levels, (C, H, W))")
+            self.dequantizer = VariationalDequantizer(self.data_shape, dequantizer_channels,
+                                                      dequantizer_couplings)
+            self.likelihood_kind = "bound"  # the instance's kind follows its dequantization
+        elif dequantization != "uniform":
+            raise ValueError(f"dequantization must be 'uniform' or 'variational', got {dequantization!r}")
+        self.flow: Transform = CompositeTransform([])
+
+    # ------------------------------------------------------------------ pieces
+    def log_prob(self, y: Tensor) -> Tensor:
+        """log p(y) per example for y in the data's continuous space ([0, 1]^D once dequantized)."""
+        x, logabsdet_pre = self.preprocess(y)
+        z, logabsdet_flow = self.flow(x)
+        return self.prior.log_prob(z.flatten(1)) + logabsdet_pre + logabsdet_flow
+
+    def dequantized(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``(y, log q(u | x))``: y = (k + u) / K in the level's bin; log q = 0 for uniform noise."""
+        zero = x.new_zeros(x.shape[0])
+        if self.num_levels is None:
+            return x, zero
+        if self.dequantizer is None:  # the shared policy; a generator makes the noise reproducible
+            y = self.dequantize(x) if generator is None else dequantize(x, self.num_levels, generator)
+            return y.to(x.dtype), zero
+        u, log_q = self.dequantizer(x, generator)
+        levels = torch.round(x * (self.num_levels - 1))
+        return (levels + u) / self.num_levels, log_q
+
+    def nll_nats(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Per-example nats (float64) of the discrete data: -log p(y) + log q(u | x) + D log K."""
+        if self.num_levels is None:
+            return -self.log_prob(x).double()
+        y, log_q = self.dequantized(x, generator)
+        return discrete_nll_from_density(self.log_prob(y) - log_q, self.num_dims, self.num_levels)
+
+    # ---------------------------------------------------------------- protocol
+    def loss(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Mean bits/dim of the batch: the optimum of the NLL, on a scale independent of the image size."""
+        return (self.nll_nats(x).mean() / (self.num_dims * math.log(2.0))).float()
+
+    @torch.no_grad()
+    def nll(self, x: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None,
+            **kwargs: Any) -> NLL:
+        return NLL(self.nll_nats(x, generator), self.likelihood_kind)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, *, labels: Tensor | None = None,
+               generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """z ~ p(z) with its spread scaled by ``temperature``, mapped back through the flow; discrete data
+        lands in the level whose dequantization bin holds it."""
+        z = self.prior.sample(num_samples, temperature, generator, device=self.device).to(self.dtype)
+        x, _ = self.flow.inverse(z.view(num_samples, *self.data_shape))
+        y, _ = self.preprocess.inverse(x)
+        if self.num_levels is None:
+            return y
+        levels = torch.floor(y * self.num_levels).clamp(0, self.num_levels - 1)
+        return from_levels(levels, self.num_levels).to(y.dtype)
+
+
+class Glow(NormalizingFlow):
+    """Glow: L scales of K steps (actnorm, invertible 1x1 conv, affine coupling), multi-scale factor-out.
+
+    Args:
+        num_scales: L; each scale squeezes once, so height and width must be divisible by 2^L.
+        steps_per_scale: K flow steps per scale.
+        hidden_channels: width of the coupling networks.
+        coupling: ``"affine"`` (scale ``sigmoid(h + 2)``) or ``"additive"`` (volume preserving).
+        split_prior: factored-out halves get a Gaussian prior conditioned on the kept half (Glow);
+            False gives them the base prior directly (RealNVP).
+        **kwargs: :class:`NormalizingFlow` and :class:`~lit_gen.models.base.GenerativeModule` arguments.
+    """
+
+    def __init__(
+        self,
+        num_scales: int = 2,
+        steps_per_scale: int = 8,
+        hidden_channels: int = 128,
+        coupling: Literal["affine", "additive"] = "affine",
+        split_prior: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.flow = build_glow(self.data_shape, num_scales, steps_per_scale, hidden_channels, coupling,
+                               split_prior)
+
+
+class RealNVP(NormalizingFlow):
+    """RealNVP: checkerboard and channel-mask affine couplings with ResNet nets, multi-scale factor-out.
+
+    Args:
+        num_scales: scales; each but the last squeezes once (height, width divisible by 2^(L-1)).
+        hidden_channels: width of the coupling ResNets.
+        num_blocks: residual blocks per coupling ResNet.
+        split_prior: condition factored-out halves on the kept half (off in the original RealNVP).
+        **kwargs: :class:`NormalizingFlow` and :class:`~lit_gen.models.base.GenerativeModule` arguments.
+    """
+
+    def __init__(
+        self,
+        num_scales: int = 2,
+        hidden_channels: int = 64,
+        num_blocks: int = 2,
+        split_prior: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.flow = build_realnvp(self.data_shape, num_scales, hidden_channels, num_blocks, split_prior)
