@@ -14,6 +14,7 @@ FAMILY_MODULES = (
     "lit_gen.models.gan",
     "lit_gen.models.ebm",
     "lit_gen.models.flow",
+    "lit_gen.models.diffusion",
 )
 
 

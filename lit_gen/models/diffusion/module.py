@@ -1,0 +1,289 @@
+"""Gaussian diffusion (Ho et al. 2020) with DDIM sampling and classifier-free guidance.
+
+Objective: data ``x`` in [0, 1] is mapped to ``x_0 = 2x - 1``; a timestep ``t ~ U{0..T-1}`` and noise
+``eps ~ N(0, I)`` give ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``, and the backbone regresses its
+target (``eps``, ``v`` or ``x0``) at ``x_t``:
+
+    loss = simple_weight * L_simple + vlb_weight * T * L_t / D
+
+``L_simple`` is the mean squared error on the target; ``L_t`` is the variational bound's term t
+(:mod:`.likelihood`), so the second part is an unbiased estimate of the bound per dimension (minus its
+constant prior term). The likelihood reported by ``nll`` is that bound on the discrete data's NLL with every
+term (``likelihood_kind = "bound"``).
+
+The backbone (a :class:`~lit_gen.models.diffusion.unet.UNet` by default) is built by the module from
+``backbone(data_shape, num_classes)``, so YAML swaps it by ``class_path`` while the data's shape and classes
+still come from the datamodule link. Conditional models drop labels with probability ``label_dropout``
+during training (the "no label" class), which enables classifier-free guidance at sampling time
+(``guidance_scale``, Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lit_gen.evaluation.likelihood import NLL, quantize
+from lit_gen.models.base import GenerativeModule, qualified_name
+from lit_gen.models.diffusion.likelihood import VLBTerms, stratified_timesteps, variational_bound, vlb_term
+from lit_gen.models.diffusion.samplers import SAMPLERS, Denoiser
+from lit_gen.models.diffusion.schedule import NoiseSchedule
+from lit_gen.models.diffusion.unet import UNet
+
+#: Builds the denoising network from the data's shape and the number of classes (None: unconditional).
+BackboneFactory = Callable[[tuple[int, ...], int | None], nn.Module]
+
+
+def describe_factory(factory: Any) -> Any:
+    """A plain-data record of a backbone factory for hyperparameters (checkpoints stay weights-only loadable).
+
+    Under the CLI the factory arrives as its config already; built in Python it is a class or a partial.
+    """
+    if isinstance(factory, type):
+        return {"class_path": qualified_name(factory)}
+    if isinstance(factory, functools.partial) and isinstance(factory.func, type):
+        return {"class_path": qualified_name(factory.func), "init_args": dict(factory.keywords)}
+    return factory if isinstance(factory, (dict, str)) else repr(factory)
+
+
+class Diffusion(GenerativeModule):
+    """Discrete-time Gaussian diffusion with a swappable backbone.
+
+    Args:
+        backbone: factory of the denoising network, called as ``backbone(data_shape, num_classes)``
+            (``class_path`` + ``init_args`` in YAML; the U-Net by default).
+        num_timesteps: T, the number of diffusion steps.
+        schedule: noise schedule, ``"linear"`` (Ho et al., rescaled by 1000/T) or ``"cosine"``
+            (Nichol & Dhariwal).
+        cosine_offset: the cosine schedule's offset s, which sets the smallest noise level. Nichol & Dhariwal
+            pick it so that sqrt(beta_0) is just under the data's bin width (0.008 for 8-bit data at large T);
+            coarse data (17-level digits) or small T wants a larger s.
+        prediction: what the backbone predicts: ``"eps"`` (noise), ``"v"`` (velocity) or ``"x0"`` (image).
+        model_variance: the reverse steps' fixed variance, ``"small"`` (beta~_t, the posterior's) or
+            ``"large"`` (beta_t), Ho et al.'s two choices; used by DDPM sampling and the bound (DDIM has eta).
+        simple_weight: weight of L_simple (the target's mean squared error).
+        vlb_weight: weight of the variational bound's per-t term (nats per dimension); 0 trains on
+            L_simple only, as Ho et al.
+        label_dropout: probability of training a conditional model without its label (classifier-free
+            guidance needs it > 0).
+        clip_x0: clip the predicted clean image to [-1, 1] when sampling and in the bound.
+        vlb_batch_size: images per network call when evaluating the bound (timesteps are batched).
+        val_vlb: the bound at validation: ``"full"`` (every term, logged as val/nll, as at test),
+            ``"subset"`` (a stratified unbiased estimate from ``val_vlb_terms`` terms, logged as
+            val/vlb_subset and val/vlb_subset_bpd, kind "estimate") or ``"skip"`` (loss only). Test always
+            evaluates every term.
+        val_vlb_terms: terms of the validation estimate (the decoder term plus one t per stratum).
+    """
+
+    likelihood_kind = "bound"
+    sampling_knob = "guidance_scale"
+
+    def __init__(
+        self,
+        backbone: BackboneFactory = UNet,
+        num_timesteps: int = 1000,
+        schedule: Literal["linear", "cosine"] = "linear",
+        cosine_offset: float = 0.008,
+        prediction: Literal["eps", "v", "x0"] = "eps",
+        model_variance: Literal["small", "large"] = "small",
+        simple_weight: float = 1.0,
+        vlb_weight: float = 0.0,
+        label_dropout: float = 0.1,
+        clip_x0: bool = True,
+        vlb_batch_size: int = 1024,
+        val_vlb: Literal["full", "subset", "skip"] = "subset",
+        val_vlb_terms: int = 50,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if "backbone" in self.hparams:
+            self.hparams["backbone"] = describe_factory(self.hparams["backbone"])
+        if prediction not in ("eps", "v", "x0"):
+            raise ValueError(f"prediction must be 'eps', 'v' or 'x0', got {prediction!r}")
+        if val_vlb not in ("full", "subset", "skip"):
+            raise ValueError(f"val_vlb must be 'full', 'subset' or 'skip', got {val_vlb!r}")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        if vlb_weight > 0 and self.num_levels is None:
+            raise ValueError("vlb_weight > 0 needs discrete data (num_levels): the decoder is discrete")
+        if model_variance not in ("small", "large"):
+            raise ValueError(f"model_variance must be 'small' or 'large', got {model_variance!r}")
+        self.schedule = NoiseSchedule.from_name(schedule, num_timesteps, cosine_offset)
+        self.prediction = prediction
+        self.model_variance = model_variance
+        self.simple_weight, self.vlb_weight = simple_weight, vlb_weight
+        self.label_dropout = label_dropout
+        self.clip_x0 = clip_x0
+        self.vlb_batch_size = vlb_batch_size
+        self.val_vlb, self.val_vlb_terms = val_vlb, val_vlb_terms
+        self.backbone = backbone(tuple(self.data_shape), self.num_classes if self.conditional else None)
+        unknown = set(self.sample_kwargs) - {"sampler", "steps", "eta", "guidance_scale"}
+        if unknown:
+            raise ValueError(f"sample_kwargs: unknown {sorted(unknown)}; Diffusion.sample takes sampler, "
+                             "steps, eta, guidance_scale")
+        self.sampler_options(**self.sample_kwargs)
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.schedule.num_timesteps
+
+    # ------------------------------------------------------------------ network
+    def _time(self, t: Tensor) -> Tensor:
+        """Timesteps rescaled to [0, 1000), so the backbone's embedding does not depend on T."""
+        return t.float() * (1000.0 / self.num_timesteps)
+
+    def _labels_for(self, labels: Tensor | None, batch: int) -> Tensor | None:
+        """Labels for a batch of ``batch`` images, repeating them when the batch holds several copies."""
+        if not self.conditional:
+            return None
+        if labels is None:
+            raise ValueError("a conditional diffusion model needs labels")
+        if batch % labels.shape[0]:
+            raise ValueError(f"{labels.shape[0]} labels do not tile a batch of {batch}")
+        return labels.long().repeat(batch // labels.shape[0])
+
+    def denoiser(self, labels: Tensor | None = None, guidance_scale: float = 1.0) -> Denoiser:
+        """The sampler-facing ``(x_t, t) -> (x0_hat, eps_hat)`` of this model, with guidance and clipping.
+
+        Guided output: ``out_uncond + guidance_scale * (out_cond - out_uncond)`` (1: conditional, 0:
+        unconditional); the combination is linear with weights summing to one, so it is the same in the eps,
+        v and x0 parameterizations.
+        """
+        guided = self.conditional and guidance_scale != 1.0
+
+        def denoise(xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+            lab = self._labels_for(labels, xt.shape[0])
+            if guided and guidance_scale == 0.0:
+                out = self.backbone(xt, self._time(t), torch.full_like(lab, self.num_classes))
+            elif guided:
+                both = torch.cat([lab, torch.full_like(lab, self.num_classes)])
+                doubled = self.backbone(torch.cat([xt, xt]), self._time(torch.cat([t, t])), both)
+                cond, uncond = doubled.chunk(2)
+                out = uncond + guidance_scale * (cond - uncond)
+            else:
+                out = self.backbone(xt, self._time(t), lab)
+            x0, eps = self.schedule.x0_and_eps(self.prediction, out.to(xt.dtype), xt, t)
+            if self.clip_x0:
+                x0 = x0.clamp(-1.0, 1.0)
+                eps = self.schedule.eps_from_x0(xt, t, x0)
+            return x0, eps
+
+        return denoise
+
+    # ------------------------------------------------------------------ protocol
+    def loss(self, x: Tensor, labels: Tensor | None = None,
+             generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        x0 = 2.0 * x - 1.0
+        batch = x0.shape[0]
+        t = torch.randint(0, self.num_timesteps, (batch,), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        xt = self.schedule.q_sample(x0, t, noise)
+        lab = self._labels_for(labels, batch)
+        if lab is not None and self.training and self.label_dropout > 0:
+            drop = torch.rand(batch, device=x0.device, generator=generator) < self.label_dropout
+            lab = torch.where(drop, torch.full_like(lab, self.num_classes), lab)
+        out = self.backbone(xt, self._time(t), lab)
+        target = self.schedule.target(self.prediction, x0, noise, t)
+        mse = (out.float() - target.float()).pow(2).flatten(1).mean(1).mean()
+        terms = {"mse": mse}
+        loss = self.simple_weight * mse
+        if self.vlb_weight > 0:
+            x0_hat, _ = self.schedule.x0_and_eps(self.prediction, out.float(), xt, t)
+            term = vlb_term(self.schedule, x0, xt, t, x0_hat, self.num_levels, self.model_variance)
+            per_dim = term * self.num_timesteps / self.num_dims
+            terms["vlb_per_dim"] = per_dim.mean()
+            loss = loss + self.vlb_weight * per_dim.mean().float()
+        terms["loss"] = loss
+        return terms
+
+    def vlb(self, x: Tensor, labels: Tensor | None = None, num_terms: int | None = None,
+            generator: torch.Generator | None = None) -> VLBTerms:
+        """The bound's parts for data ``x`` in [0, 1]: every term, or a stratified estimate from
+        ``num_terms`` terms."""
+        if self.num_levels is None:
+            raise ValueError("the diffusion bound is on discrete data; this datamodule is continuous")
+        timesteps = weights = None
+        if num_terms is not None and num_terms < self.num_timesteps:
+            timesteps, weights = stratified_timesteps(self.num_timesteps, num_terms, generator, x.device)
+        return variational_bound(self.denoiser(labels), self.schedule, 2.0 * x - 1.0, self.num_levels,
+                                 timesteps=timesteps, weights=weights, batch_size=self.vlb_batch_size,
+                                 variance=self.model_variance, generator=generator)
+
+    @torch.no_grad()
+    def nll(self, x: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None) -> NLL:
+        """The variational bound with all T terms (per-example nats of the discrete data)."""
+        return NLL(self.vlb(x, labels, generator=generator).total, "bound")
+
+    def extra_likelihood_kinds(self) -> dict[str, str]:
+        return {"vlb_subset": "estimate", "vlb_subset_bpd": "estimate"}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """The base's step with ``val_vlb: full``; otherwise the loss and the cheaper (or no) bound.
+
+        The bound costs T network passes per image, too much every epoch for T = 1000 on large splits:
+        ``subset`` logs an unbiased stratified estimate under its own name (val/vlb_subset, kind
+        "estimate"), never as val/nll, so a reported nll is always the bound with every term.
+        """
+        if self.val_vlb == "full":
+            return super().validation_step(batch, batch_idx)
+        x, labels = self.split_batch(batch)
+        self._log_loss("val", self.loss(x, labels), x.shape[0])
+        self.log("val/num_examples", float(x.shape[0]), reduce_fx="sum", on_epoch=True, on_step=False,
+                 sync_dist=True, batch_size=x.shape[0])
+        if self.val_vlb == "subset" and self.num_levels is not None:
+            estimate = self.vlb(x, labels, num_terms=self.val_vlb_terms).total
+            self._log_nll("val", "vlb_subset", estimate, x.shape[0])
+
+    def sampler_options(self, sampler: str = "ddim", steps: int | None = None, eta: float = 0.0,
+                        guidance_scale: float = 1.0) -> dict[str, Any]:
+        """Check ``sample``'s knobs (also those of ``sample_kwargs`` at construction, so a bad value is a
+        configuration error) and return the sampler function's keyword arguments."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+        if guidance_scale != 1.0 and not self.conditional:
+            raise ValueError("guidance_scale needs a conditional model (conditional: true)")
+        if sampler == "ddpm":
+            if steps not in (None, self.num_timesteps) or eta != 0.0:
+                raise ValueError(f"the ddpm sampler runs all {self.num_timesteps} steps without eta; "
+                                 "use sampler: ddim for fewer steps or eta")
+            return {"variance": self.model_variance}
+        if (steps is not None and steps < 1) or eta < 0:
+            raise ValueError(f"DDIM needs steps >= 1 and eta >= 0, got steps={steps}, eta={eta}")
+        return {"steps": min(50 if steps is None else steps, self.num_timesteps), "eta": eta}
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int,
+        *,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        sampler: str = "ddim",
+        steps: int | None = None,
+        eta: float = 0.0,
+        guidance_scale: float = 1.0,
+    ) -> Tensor:
+        """Images in [0, 1] (snapped to the data's levels).
+
+        Args:
+            sampler: ``"ddim"`` or ``"ddpm"`` (ancestral, all T steps).
+            steps: DDIM steps (default 50; more than T means all T); DDPM runs all T and accepts only T.
+            eta: DDIM's noise (0: deterministic given the initial noise; 1 with all steps: DDPM).
+            guidance_scale: classifier-free guidance (1: the conditional model, 0: the unconditional one,
+                > 1: stronger conditioning); conditional models only.
+        """
+        options = self.sampler_options(sampler, steps, eta, guidance_scale)
+        if labels is None:
+            labels = self.default_labels(num_samples)
+        noise = torch.randn((num_samples, *self.data_shape), generator=generator, device=self.device)
+        x0 = SAMPLERS[sampler](self.denoiser(labels, guidance_scale), self.schedule, noise,
+                               generator=generator, **options)
+        x = (x0.float().clamp(-1.0, 1.0) + 1.0) / 2.0
+        return x if self.num_levels is None else quantize(x, self.num_levels)
+
+
+__all__ = ["BackboneFactory", "Diffusion", "describe_factory"]
