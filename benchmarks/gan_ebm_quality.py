@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_common import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("digits", "fashion_mnist")
@@ -32,15 +32,6 @@ FAMILIES = ("gan", "ebm")
 DEFAULT_MINUTES = {"digits": 3.0, "fashion_mnist": 10.0}
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_from_config(family: str, dataset: str, overrides: list[str]):
