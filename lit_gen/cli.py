@@ -21,7 +21,9 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_gen.callbacks import InterruptCheckpoint
 from lit_gen.datamodules.base import GenerativeDataModule
 from lit_gen.errors import CheckpointError, LitGenError
 from lit_gen.evaluation.callback import GenerativeEvaluation
@@ -204,7 +206,8 @@ class LitGenCLI(LightningCLI):
             raise LitGenError(f"invalid configuration: {constructor_message(err)}") from err
 
     def instantiate_trainer(self, **kwargs: Any):
-        # A rich progress bar by default, unless the user disabled bars or brought their own.
+        # A rich progress bar by default, unless the user disabled bars or brought their own; a checkpoint
+        # on SIGTERM / Ctrl-C always.
         trainer_config = self._get(self.config_init, "trainer", default={})
         callbacks = trainer_config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
@@ -212,6 +215,8 @@ class LitGenCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in callbacks
         ):
             callbacks.append(RichProgressBar())
+        if not any(isinstance(c, InterruptCheckpoint) for c in callbacks):
+            callbacks.append(InterruptCheckpoint())
         trainer_config["callbacks"] = callbacks
         trainer = super().instantiate_trainer(**kwargs)
         # Evaluation must sample while an EMA / weight-averaging callback has the averaged weights swapped
@@ -232,6 +237,10 @@ def main(args: Any = None) -> None:
             raise
         print(f"lit-gen: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except SIGTERMException:
+        print("lit-gen: stopped by SIGTERM; a fit saved last.ckpt first: resume with --ckpt_path last",
+              file=sys.stderr)
+        raise SystemExit(143) from None
     except KeyboardInterrupt:
         print("lit-gen: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -7,11 +7,12 @@ attributes set in ``__init__`` so LightningCLI can link them into the model befo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
 
 from lit_gen.errors import LitGenError
 from lit_gen.evaluation.sampling import SampleRequests
@@ -89,10 +90,15 @@ class GenerativeDataModule(L.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------------------------
     def _loader(self, split: str, *, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = self.split_dataset(split)
+        # Neither the shuffle nor the loader's worker seeds draw from the global random stream: the data
+        # order is a function of (seed, epoch), and a resumed run's model noise continues exactly.
+        seed = torch.initial_seed()
         return DataLoader(
-            self.split_dataset(split),
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(dataset, seed) if shuffle else evaluation_sampler(dataset),
+            generator=torch.Generator().manual_seed(seed),
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -156,6 +162,41 @@ class LevelTensorDataset(Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, self.labels[index]
+
+
+class EpochShuffle(RandomSampler):
+    """A fresh permutation every epoch, drawn from ``(seed, epoch)`` only (Lightning calls ``set_epoch``).
+
+    Resuming at epoch e reproduces epoch e's order without replaying the random stream. Under DDP
+    Lightning replaces any RandomSampler by its DistributedSampler, which is seeded per epoch as well.
+    """
+
+    def __init__(self, data_source: Sized, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        # A generator function: the permutation is drawn at the first batch, after set_epoch.
+        generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+def evaluation_sampler(dataset: Dataset) -> Sampler | None:
+    """Under DDP, every example of an evaluation split exactly once across the ranks (None otherwise).
+
+    Lightning's default DistributedSampler pads the split with repeated examples so ranks get equal
+    shares; that changes split means (NLL, bpd) with the number of processes. Ranks may get one batch
+    more or less here; metrics are summed over ranks once per epoch, so that is safe.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    if torch.distributed.get_world_size() == 1:
+        return None
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 
 def random_hflip(x: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,11 @@ The data's shape, levels K and classes come from the datamodule (linked by the C
 from __future__ import annotations
 
 import math
+import random
 from typing import Any, ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
@@ -26,6 +28,42 @@ from lit_gen import __version__
 from lit_gen.errors import CheckpointError, LitGenError
 from lit_gen.evaluation.likelihood import NLL, bits_per_dim, dequantize
 from lit_gen.evaluation.sampling import chunk_labels, draw_chunk
+
+
+RNG_KEY = "lit_gen_rng_states"
+
+
+def collect_rng_state() -> dict[str, Any]:
+    """The global random state of torch (CPU and CUDA), numpy and Python, as tensors and lists."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+def gather_from_ranks(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]``; a collective under torch.distributed."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def qualified_name(obj: Any) -> str:
@@ -221,6 +259,19 @@ class GenerativeModule(L.LightningModule):
         return {"chunk": index, "start": index * chunk_size, "images": images.float().cpu(),
                 "labels": None if labels is None else labels.cpu()}
 
+    def on_train_epoch_start(self) -> None:
+        # Restored here, not at load time: the sanity check and the EMA/evaluation setup that run between
+        # loading and the first training batch would otherwise consume the restored stream.
+        states = getattr(self, "_resume_rng_states", None)
+        if states:
+            self._resume_rng_states = None
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            if len(states) == world:
+                restore_rng_state(states[rank])
+            else:  # resumed on another number of processes: rank 0's stream, distinct per rank
+                restore_rng_state(states[0])
+                torch.manual_seed(int(torch.randint(2**62, ())) + rank)
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
         if self.lr_scheduler_factory is None:
@@ -244,9 +295,13 @@ class GenerativeModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_gen"] = {**self.checkpoint_identity(), "version": __version__}
+        # Every rank's random state (this hook runs on all ranks), so a resumed run draws the same data
+        # order and noise as an uninterrupted one. Plain tensors and lists: loadable with weights_only.
+        checkpoint[RNG_KEY] = gather_from_ranks(collect_rng_state())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._checkpoint_hparams = dict(checkpoint.get("hyper_parameters") or {})
+        self._resume_rng_states = checkpoint.get(RNG_KEY)
         saved = checkpoint.get("lit_gen")
         if saved is None:
             raise CheckpointError("not a lit-gen checkpoint (it has no 'lit_gen' record)")
