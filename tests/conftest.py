@@ -52,3 +52,24 @@ def quiet_trainer_args(run_dir: Path, name: str = "test") -> list[str]:
         f"--trainer.logger.init_args.save_dir={run_dir}",
         f"--trainer.logger.init_args.name={name}",
     ]
+
+
+# Every family's digits config with overrides that make it tiny: for tests that run each family through
+# the CLI (resume, precision, multi-process). Family-specific behaviour is tested under tests/models.
+TINY_FAMILIES = {
+    "vae": (ROOT / "configs" / "vae" / "digits.yaml",
+            ["--model.init_args.channels=8", "--model.init_args.latent_dim=4", "--model.init_args.iwae_samples=3"]),
+    "autoregressive": (ROOT / "configs" / "autoregressive" / "digits.yaml",
+                       ["--model.init_args.channels=8", "--model.init_args.num_layers=2",
+                        "--model.init_args.head_channels=16"]),
+    "flow": (ROOT / "configs" / "flow" / "digits.yaml",
+             ["--model.init_args.hidden_channels=8", "--model.init_args.steps_per_scale=1"]),
+    "diffusion": (ROOT / "configs" / "diffusion" / "digits.yaml",
+                  ["--model.init_args.backbone.init_args.channels=8", "--model.init_args.val_vlb=skip",
+                   "--model.init_args.num_timesteps=20"]),
+    "gan": (ROOT / "configs" / "gan" / "digits.yaml",
+            ["--model.init_args.generator_channels=8", "--model.init_args.discriminator_channels=8"]),
+    "ebm": (ROOT / "configs" / "ebm" / "digits.yaml",
+            ["--model.init_args.channels=8", "--model.init_args.buffer_size=100",
+             "--model.init_args.langevin_steps=3", "--model.init_args.val_langevin_steps=2"]),
+}

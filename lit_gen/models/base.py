@@ -123,6 +123,7 @@ class GenerativeModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
         self.sample_kwargs = dict(sample_kwargs or {})
+        self._split_sums: dict[str, dict[str, Tensor]] = {}  # stage -> metric -> [sum, count] (float64)
 
     # ------------------------------------------------------------------ data
     @property
@@ -179,18 +180,50 @@ class GenerativeModule(L.LightningModule):
         terms = out if isinstance(out, dict) else {"loss": out}
         if "loss" not in terms:
             raise LitGenError(f"{type(self).__name__}.loss() returned a dict without a 'loss' entry")
-        on_step = stage == "train"
         for name, value in terms.items():
-            self.log(
-                f"{stage}/{name}",
-                value.detach() if name != "loss" else value,
-                prog_bar=name == "loss",
-                on_step=on_step,
-                on_epoch=True,
-                batch_size=batch_size,
-                sync_dist=stage != "train",
-            )
+            if stage == "train":
+                self.log(f"train/{name}", value.detach() if name != "loss" else value, prog_bar=name == "loss",
+                         on_step=True, on_epoch=True, batch_size=batch_size)
+            else:
+                self._accumulate(stage, name, value.detach().double() * batch_size, batch_size)
         return terms["loss"]
+
+    def _accumulate(self, stage: str, name: str, total: Tensor, count: int) -> None:
+        """Add to the split's running (sum, count) of a metric; logged as sum / count at epoch end."""
+        sums = self._split_sums.setdefault(stage, {})
+        previous = sums.get(name)
+        update = torch.stack([total.sum().double(), total.new_tensor(float(count), dtype=torch.float64)])
+        sums[name] = update if previous is None else previous + update
+
+    def _log_split_means(self, stage: str) -> None:
+        """Exact split means over every example on every rank, in float64.
+
+        Lightning's own synced mean divides by an integer mean of per-rank batch sizes, which truncates
+        when ranks hold different numbers of examples (as the unrepeated evaluation sampler gives them).
+        """
+        sums = self._split_sums.pop(stage, {})
+        if not sums:
+            return
+        names = sorted(sums)
+        stacked = torch.stack([sums[name] for name in names])
+        if self.trainer.world_size > 1:
+            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
+        for name, (total, count) in zip(names, stacked):
+            self.log(f"{stage}/{name}", total / count, prog_bar=name == "loss", sync_dist=True)
+        # The N that reports state beside every split mean (every evaluation step logs a loss).
+        self.log(f"{stage}/num_examples", stacked[names.index("loss")][1], sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._split_sums.pop("val", None)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split_means("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._split_sums.pop("test", None)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split_means("test")
 
     def check_finite(self, loss: Tensor) -> None:
         """Stop at the first non-finite loss, before the optimizer step writes NaN into the weights."""
@@ -210,24 +243,20 @@ class GenerativeModule(L.LightningModule):
     def _evaluation_step(self, stage: str, batch: Any) -> None:
         x, labels = self.split_batch(batch)
         self._log_loss(stage, self.loss(x, labels), x.shape[0])
-        # Summed over batches and ranks: the N that reports state beside every split mean.
-        self.log(f"{stage}/num_examples", float(x.shape[0]), reduce_fx="sum", on_epoch=True, on_step=False,
-                 sync_dist=True, batch_size=x.shape[0])
         if not self.has_likelihood:
             return
         out = self.nll(x, labels, **self.eval_nll_kwargs(stage))
-        self._log_nll(stage, "nll", out.nats, x.shape[0])
+        self._log_nll(stage, "nll", out.nats)
         for name, (nats, _kind) in out.terms.items():
-            self._log_nll(stage, name, nats, x.shape[0])
+            self._log_nll(stage, name, nats)
 
-    def _log_nll(self, stage: str, name: str, nats: Tensor, batch_size: int) -> None:
-        # Means of per-example values weighted by batch size; float64 so large splits don't drift.
+    def _log_nll(self, stage: str, name: str, nats: Tensor) -> None:
+        """Per-example nats (and bits/dim for discrete data) into the split's exact float64 means."""
         nats = nats.detach().double()
-        self.log(f"{stage}/{name}", nats.mean(), batch_size=batch_size, sync_dist=True, on_epoch=True)
+        self._accumulate(stage, name, nats, nats.numel())
         if self.num_levels is not None:
             bpd_name = "bpd" if name == "nll" else f"{name}_bpd"
-            bpd = bits_per_dim(nats, self.num_dims).mean()
-            self.log(f"{stage}/{bpd_name}", bpd, batch_size=batch_size, sync_dist=True, on_epoch=True)
+            self._accumulate(stage, bpd_name, bits_per_dim(nats, self.num_dims), nats.numel())
 
     def likelihood_kinds(self) -> dict[str, str]:
         """Metric name -> kind, for reports (the kinds of ``nll`` and of its extra terms)."""

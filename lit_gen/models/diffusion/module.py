@@ -232,11 +232,9 @@ class Diffusion(GenerativeModule):
             return super().validation_step(batch, batch_idx)
         x, labels = self.split_batch(batch)
         self._log_loss("val", self.loss(x, labels), x.shape[0])
-        self.log("val/num_examples", float(x.shape[0]), reduce_fx="sum", on_epoch=True, on_step=False,
-                 sync_dist=True, batch_size=x.shape[0])
         if self.val_vlb == "subset" and self.num_levels is not None:
             estimate = self.vlb(x, labels, num_terms=self.val_vlb_terms).total
-            self._log_nll("val", "vlb_subset", estimate, x.shape[0])
+            self._log_nll("val", "vlb_subset", estimate)
 
     def sampler_options(self, sampler: str = "ddim", steps: int | None = None, eta: float = 0.0,
                         guidance_scale: float = 1.0) -> dict[str, Any]:
