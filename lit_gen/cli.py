@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lit_gen.callbacks import InterruptCheckpoint
 from lit_gen.datamodules.base import GenerativeDataModule
@@ -232,7 +232,7 @@ def main(args: Any = None) -> None:
     """
     try:
         LitGenCLI(args=args)
-    except LitGenError as err:
+    except (LitGenError, MisconfigurationException) as err:  # the latter: Lightning's own config checks
         if os.environ.get("LIT_GEN_DEBUG"):
             raise
         print(f"lit-gen: error: {err}", file=sys.stderr)

@@ -180,3 +180,12 @@ def test_two_process_fit_and_test_with_sample_metrics(tmp_path):
     report = json.loads(sorted((tmp_path / "ddp").glob("version_*/metrics.json"))[-1].read_text())
     assert report["metrics"]["fid"]["n_generated"] == 10
     assert report["metrics"]["nll"]["n"] == 2 * 2 * 64  # two batches on each of two ranks
+
+
+def test_lightning_configuration_errors_are_one_line(capsys, tmp_path):
+    """Trainer-level clipping does not apply to the GAN's manual optimization: say so, no traceback."""
+    code = run_cli(["fit", "--config", str(ROOT / "configs" / "gan" / "digits.yaml"), *quiet_trainer_args(tmp_path),
+                    "--trainer.gradient_clip_val=1.0", "--trainer.fast_dev_run=true"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "lit-gen: error:" in err and "clipping" in err and "Traceback" not in err

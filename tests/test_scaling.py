@@ -118,3 +118,13 @@ def test_one_and_two_processes_report_the_same_metrics(tmp_path):
     for key in ("nll", "bpd", "fid", "kid_mean", "precision", "recall"):
         assert two[key]["value"] == pytest.approx(one[key]["value"], rel=1e-5, abs=1e-6), key
 
+
+
+def test_gradient_accumulation_and_clipping_from_yaml(tmp_path):
+    """Trainer-level: 4 batches accumulated 2 at a time are 2 optimizer steps, with clipping on."""
+    config, tiny = TINY_FAMILIES["vae"]
+    assert run_cli(["fit", "--config", str(config), *quiet_trainer_args(tmp_path), *tiny, *NO_EVAL,
+                    "--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=1",
+                    "--trainer.accumulate_grad_batches=2", "--trainer.gradient_clip_val=0.5"]) == 0
+    ckpt = torch.load(next((tmp_path / "test").glob("version_*/checkpoints/last.ckpt")), weights_only=True)
+    assert ckpt["global_step"] == 2

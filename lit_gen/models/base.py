@@ -85,6 +85,8 @@ class GenerativeModule(L.LightningModule):
         lr_scheduler_interval: ``"epoch"`` or ``"step"``.
         sample_kwargs: the sampler's knobs used by evaluation and ``lit-gen predict`` (e.g.
             ``{temperature: 0.8}``); arguments of this family's ``sample``.
+        compile: ``torch.compile`` every network of the model (its direct submodules with parameters) in
+            place, so parameter names and checkpoints stay those of the eager model.
     """
 
     #: "exact", "bound" or "estimate"; None when the family has no tractable likelihood.
@@ -105,6 +107,7 @@ class GenerativeModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: str = "epoch",
         sample_kwargs: dict[str, Any] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Collects the init arguments of the whole subclass chain: checkpoints record what built them.
@@ -123,6 +126,7 @@ class GenerativeModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
         self.sample_kwargs = dict(sample_kwargs or {})
+        self.compile_networks = compile
         self._split_sums: dict[str, dict[str, Tensor]] = {}  # stage -> metric -> [sum, count] (float64)
 
     # ------------------------------------------------------------------ data
@@ -287,6 +291,12 @@ class GenerativeModule(L.LightningModule):
         images = draw_chunk(self, index, size, seed, self.sample_kwargs, labels)
         return {"chunk": index, "start": index * chunk_size, "images": images.float().cpu(),
                 "labels": None if labels is None else labels.cpu()}
+
+    def configure_model(self) -> None:
+        if self.compile_networks:
+            for module in self.children():
+                if any(True for _ in module.parameters()):
+                    module.compile()  # nn.Module.compile: no "_orig_mod." prefix in the state dict
 
     def on_train_epoch_start(self) -> None:
         # Restored here, not at load time: the sanity check and the EMA/evaluation setup that run between

@@ -69,6 +69,9 @@ class GAN(GenerativeModule):
         gradient_penalty: lambda of WGAN-GP's penalty (0 = off; 10 in the paper).
         r1_penalty: gamma of the R1 penalty on real data (0 = off).
         n_critic: discriminator steps per generator step (5 for WGAN-GP).
+        gradient_clip_norm: clip each network's gradient norm before its step (None = off). GANs use
+            Lightning's manual optimization, where ``trainer.gradient_clip_val`` and
+            ``trainer.accumulate_grad_batches`` do not apply; this is the GAN's clipping.
         generator_optimizer / discriminator_optimizer: optimizer factories (default Adam, lr 2e-4, betas
             (0.5, 0.999)). The base ``optimizer`` argument is not used by this family.
         generator_lr_scheduler / discriminator_lr_scheduler: optional scheduler factories, stepped every
@@ -90,6 +93,7 @@ class GAN(GenerativeModule):
         gradient_penalty: float = 0.0,
         r1_penalty: float = 0.0,
         n_critic: int = 1,
+        gradient_clip_norm: float | None = None,
         generator_optimizer: OptimizerCallable | None = None,
         discriminator_optimizer: OptimizerCallable | None = None,
         generator_lr_scheduler: LRSchedulerCallable | None = None,
@@ -99,6 +103,9 @@ class GAN(GenerativeModule):
         super().__init__(**kwargs)
         if loss not in ADVERSARIAL_LOSSES:
             raise ValueError(f"loss must be one of {', '.join(ADVERSARIAL_LOSSES)}, got {loss!r}")
+        if gradient_clip_norm is not None and gradient_clip_norm <= 0:
+            raise LitGenError(f"gradient_clip_norm must be > 0 or null, got {gradient_clip_norm}")
+        self.gradient_clip_norm = gradient_clip_norm
         if n_critic < 1:
             raise ValueError(f"n_critic must be >= 1, got {n_critic}")
         if gradient_penalty < 0 or r1_penalty < 0:
@@ -188,6 +195,7 @@ class GAN(GenerativeModule):
             self.check_finite(d_terms["loss"])
             d_opt.zero_grad()
             self.manual_backward(d_terms["loss"])
+            self._clip(d_opt)
             d_opt.step()
         logged = {f"train/discriminator_{k}" if k == "loss" else f"train/{k}": v.detach()
                   for k, v in d_terms.items()}
@@ -197,11 +205,16 @@ class GAN(GenerativeModule):
                 self.check_finite(g_loss)
                 g_opt.zero_grad()
                 self.manual_backward(g_loss)
+                self._clip(g_opt)
                 g_opt.step()
             logged["train/generator_loss"] = g_loss.detach()
         self.log_dict(logged, on_step=True, on_epoch=True, batch_size=x.shape[0])
         if self.lr_scheduler_interval == "step":
             self._step_schedulers()
+
+    def _clip(self, optimizer: Any) -> None:
+        if self.gradient_clip_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_norm, gradient_clip_algorithm="norm")
 
     def on_train_epoch_end(self) -> None:
         if self.lr_scheduler_interval == "epoch":

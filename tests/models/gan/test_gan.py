@@ -149,3 +149,27 @@ def test_validation_loss_is_the_discriminator_objective():
     expected = torch.relu(1 - real_scores).mean() + torch.relu(1 + fake_scores).mean()
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert {"generator_loss", "real_score", "fake_score"} <= set(out)
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_gradient_clip_norm_bounds_each_networks_step(clip):
+    """Manual optimization ignores trainer.gradient_clip_val; the GAN clips each network itself.
+
+    With SGD at lr 1 a step moves the weights by exactly the (clipped) gradient, so its norm is the bound.
+    """
+    torch.manual_seed(0)
+    sgd = lambda params: torch.optim.SGD(params, lr=1.0)  # noqa: E731
+    model = GAN(data_shape=(1, 8, 8), num_levels=17, gradient_clip_norm=clip, generator_optimizer=sgd,
+                discriminator_optimizer=sgd, **TINY)
+    before = {name: torch.cat([p.detach().flatten().clone() for p in getattr(model, name).parameters()])
+              for name in ("generator", "discriminator")}
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu")
+    trainer.fit(model, train_dataloaders=data_loader())
+    for name, old in before.items():
+        moved = (torch.cat([p.detach().flatten() for p in getattr(model, name).parameters()]) - old).norm()
+        if clip is None:
+            assert moved > 1e-2, f"{name}: the unclipped step should be far larger than the bound"
+        else:
+            assert moved <= clip * 1.001, f"{name} moved {moved}"
