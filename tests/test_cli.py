@@ -110,6 +110,7 @@ def test_missing_dataset_names_the_files(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "lit-gen: error: MNIST" in err and "train-images-idx3-ubyte" in err and "download" in err
     assert "Traceback" not in err
+    assert not (tmp_path / "test").exists(), "a failed start must not leave a run directory behind"
 
 
 def test_missing_checkpoint(capsys, tmp_path):
