@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
 from lit_gen.errors import LitGenError
@@ -187,6 +188,14 @@ class GAN(GenerativeModule):
         return x if self.num_levels is None else quantize(x, self.num_levels)
 
     # ------------------------------------------------------------ Lightning
+    def setup(self, stage: str) -> None:
+        # Each backward of a GAN step reaches one network only, which plain DDP reads as a missing
+        # gradient and stops on. Tell the DDP wrapper (built after this hook) to expect that, so the
+        # same YAML works with `strategy: ddp` as on one device.
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, DDPStrategy):
+            strategy._ddp_kwargs["find_unused_parameters"] = True
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
         g_opt, d_opt = self.optimizers()
         x, labels = self.split_batch(batch)
