@@ -190,3 +190,20 @@ def test_lightning_configuration_errors_are_one_line(capsys, tmp_path):
     assert code == 1
     err = capsys.readouterr().err
     assert "lit-gen: error:" in err and "clipping" in err and "Traceback" not in err
+
+
+def test_knob_sweep_writes_a_table_a_plot_and_a_grid_per_value(tmp_path):
+    fit_tiny(tmp_path, "sweep")
+    code = run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "sweep"), *TINY_VAE,
+                    "--ckpt_path=last", "--trainer.limit_test_batches=1", "--evaluation.test_num_samples=12",
+                    "--evaluation.sample_batch_size=6", "--evaluation.grid_size=6",
+                    "--evaluation.sweep=[0.5, 1.0]"])
+    assert code == 0
+    run = sorted((tmp_path / "sweep").glob("version_*"), key=lambda p: p.stat().st_mtime)[-1]
+    table = (run / "sweep.md").read_text().splitlines()
+    header = next(line for line in table if line.startswith("| temperature"))
+    assert {"fid", "precision", "recall"} <= {c.strip() for c in header.strip("|").split("|")}
+    rows = [line for line in table if line.startswith("| 0.5") or line.startswith("| 1 ")]
+    assert len(rows) == 2 and rows[0] != rows[1], "each knob value has its own row of different numbers"
+    assert (run / "sweep.png").stat().st_size > 0
+    assert len(list((run / "samples").glob("sweep_temperature_*.png"))) == 2

@@ -55,6 +55,10 @@ class GenerativeEvaluation(Callback):
         inception_weights: explicit path to the FID Inception weights (else resolved automatically).
         cache_dir: where real-data features are cached (default: ``$LIT_GEN_CACHE`` or ``~/.cache/lit_gen``).
         write_metrics: write ``metrics.json`` into the run directory at the end of ``test``.
+        sweep: values of the model's sampling knob (``sampling_knob``: temperature, truncation, guidance
+            scale, Langevin steps) to sweep at ``test``: for each, ``test_num_samples`` samples scored
+            by FID, precision and recall (plus KID when enabled) against the same real features, written
+            as ``sweep.md`` and ``sweep.png`` (metrics against the knob) with a grid per value.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class GenerativeEvaluation(Callback):
         inception_weights: str | None = None,
         cache_dir: str | None = None,
         write_metrics: bool = True,
+        sweep: list[int | float | None] | None = None,
     ) -> None:
         super().__init__()
         self.every_n_epochs = every_n_epochs
@@ -91,6 +96,8 @@ class GenerativeEvaluation(Callback):
         self.inception_weights = inception_weights
         self.cache_dir = cache_dir
         self.write_metrics = write_metrics
+        self.sweep = list(sweep) if sweep else []
+        self.sweep_rows: list[dict[str, Any]] = []
         self._real_features: dict[str, Tensor] = {}  # in-memory cache for repeated validation epochs
         self.sample_metrics: dict[str, dict[str, Any]] = {}  # name -> value and provenance, for reports
 
@@ -104,6 +111,7 @@ class GenerativeEvaluation(Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.evaluate(trainer, pl_module, "test")
+        self.sweep_rows = self.sweep_knob(trainer, pl_module) if self.sweep else []
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lit_gen.evaluation.report import collect_test_metrics, print_metrics_table, write_metrics_json
@@ -115,6 +123,11 @@ class GenerativeEvaluation(Callback):
             if self.write_metrics:
                 path = write_metrics_json(report, directory / "metrics.json")
                 print(f"metrics written to {path}")
+            if self.sweep_rows:
+                from lit_gen.evaluation.report import write_sweep
+
+                for path in write_sweep(self.sweep_rows, pl_module.sampling_knob, report, directory):
+                    print(f"sweep written to {path}")
 
     # ------------------------------------------------------------- evaluation
     def _wants_features(self, pl_module: Any) -> bool:
@@ -158,9 +171,37 @@ class GenerativeEvaluation(Callback):
         finally:
             pl_module.train(was_training)
 
-    def _draw(self, trainer: L.Trainer, pl_module: Any, num: int,
-              wants_features: bool) -> tuple[Tensor | None, Tensor | None, float | None]:
+    @torch.no_grad()
+    def sweep_knob(self, trainer: L.Trainer, pl_module: Any) -> list[dict[str, Any]]:
+        """One row per knob value: sample metrics of ``test_num_samples`` samples (same seeds, same real
+        features for every value, so the rows differ by the knob only). Runs on every rank."""
+        knob = getattr(pl_module, "sampling_knob", None)
+        if knob is None:
+            raise LitGenError(f"evaluation.sweep: {type(pl_module).__name__} names no sampling knob")
+        if not self._wants_features(pl_module) or self.num_samples["test"] <= 0:
+            raise LitGenError("evaluation.sweep needs image data and test_num_samples > 0")
+        num = self.num_samples["test"]
+        real = self.real_features(trainer, pl_module, num)
+        was_training = pl_module.training
+        pl_module.eval()
+        rows = []
+        try:
+            for value in self.sweep:
+                kwargs = {**pl_module.sample_kwargs, knob: value}
+                features, grid, seconds = self._draw(trainer, pl_module, num, True, kwargs)
+                row = {knob: value, **self._sample_metrics(real, features[:num], with_pr=True),
+                       "sample_sec_per_image": seconds, "n_generated": num, "n_real": real.shape[0]}
+                rows.append(row)
+                if grid is not None and grid.numel():
+                    self._save_grid(trainer, pl_module, grid, f"sweep_{knob}_{value}")
+        finally:
+            pl_module.train(was_training)
+        return rows
+
+    def _draw(self, trainer: L.Trainer, pl_module: Any, num: int, wants_features: bool,
+              sample_kwargs: dict[str, Any] | None = None) -> tuple[Tensor | None, Tensor | None, float | None]:
         """This rank's chunks -> (all features, the first ``grid_size`` images, seconds per image)."""
+        kwargs = pl_module.sample_kwargs if sample_kwargs is None else sample_kwargs
         if num <= 0:
             return None, None, None
         sizes = chunk_sizes(num, self.sample_batch_size)
@@ -173,7 +214,7 @@ class GenerativeEvaluation(Callback):
         for index in mine:
             start = time.perf_counter()
             labels = chunk_labels(pl_module, index, sizes[index], self.sample_batch_size)
-            x = draw_chunk(pl_module, index, sizes[index], self.seed, pl_module.sample_kwargs, labels).float()
+            x = draw_chunk(pl_module, index, sizes[index], self.seed, kwargs, labels).float()
             if pl_module.device.type == "cuda":
                 torch.cuda.synchronize(pl_module.device)
             sample_time += time.perf_counter() - start
@@ -236,16 +277,16 @@ class GenerativeEvaluation(Callback):
         self._real_features[key] = features.cpu()
         return features.to(pl_module.device)
 
-    def _sample_metrics(self, real: Tensor, fake: Tensor) -> dict[str, float]:
+    def _sample_metrics(self, real: Tensor, fake: Tensor, with_pr: bool = False) -> dict[str, float]:
         from lit_gen.evaluation import metrics
 
         real, fake = real.double().cpu(), fake.double().cpu()
         out: dict[str, float] = {}
-        if self.use_fid:
+        if self.use_fid or with_pr:
             out["fid"] = metrics.fid(real, fake)
         if self.use_kid:
             out["kid_mean"], out["kid_std"] = metrics.kid(real, fake, self.kid_subsets, self.kid_subset_size)
-        if self.use_pr:
+        if self.use_pr or with_pr:
             out["precision"], out["recall"] = metrics.precision_recall(real, fake, self.pr_neighbors)
         return out
 

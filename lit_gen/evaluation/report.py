@@ -133,3 +133,45 @@ def print_metrics_table(report: dict[str, Any]) -> None:
 
 def load_metrics(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+SWEEP_METRICS = ("fid", "kid_mean", "precision", "recall", "sample_sec_per_image")
+
+
+def write_sweep(rows: list[dict[str, Any]], knob: str, report: dict[str, Any], directory: Path) -> list[Path]:
+    """``sweep.md`` (a table) and ``sweep.png`` (FID and precision/recall against the knob)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [knob] + [m for m in SWEEP_METRICS if m in rows[0]]
+    first = rows[0]
+    lines = [f"# {report['model'].rsplit('.', 1)[-1]} on {report['datamodule']}: {knob} sweep", "",
+             f"N = {first['n_generated']} generated vs {first['n_real']} real images, checkpoint "
+             f"{report['checkpoint']}, seed {report['seed']}.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(format_value(row[c]) for c in columns) + " |")
+    table = directory / "sweep.md"
+    table.write_text("\n".join(lines) + "\n")
+
+    labels = [format_value(row[knob]) for row in rows]
+    positions = range(len(rows))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(positions, [row["fid"] for row in rows], "o-", color="tab:red")
+    left.set_ylabel("FID (lower is better)")
+    for name, color in (("precision", "tab:blue"), ("recall", "tab:green")):
+        right.plot(positions, [row[name] for row in rows], "o-", color=color, label=name)
+    right.set_ylim(-0.02, 1.02)
+    right.legend()
+    for axis in (left, right):
+        axis.set_xticks(list(positions), labels)
+        axis.set_xlabel(knob)
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"{report['model'].rsplit('.', 1)[-1]}: {knob} vs quality (N = {first['n_generated']})")
+    figure.tight_layout()
+    plot = directory / "sweep.png"
+    figure.savefig(plot, dpi=120)
+    plt.close(figure)
+    return [table, plot]
