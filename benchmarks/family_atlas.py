@@ -1,0 +1,206 @@
+"""The family atlas: every family trained on the same data under the same budget, evaluated the same way.
+
+For each family, ``configs/<family>/<dataset>.yaml`` is trained through the lit-gen CLI for at most
+``--minutes`` of wall time (``lit-gen fit ... --trainer.max_time``; the config's epochs may end it
+sooner), then ``lit-gen test --ckpt_path last`` evaluates it with one protocol for all: test NLL / bits/dim
+with its kind where a likelihood exists (N stated), and FID, KID, precision and recall of N samples against
+N training images. The factorized per-pixel baseline is fitted in closed form and evaluated by the same
+callback. Writes the seed survey's comparison table with measured numbers as ``atlas_<dataset>.md``, a
+figure with a sample grid per family (``atlas_<dataset>.png``) and ``atlas_<dataset>.json``.
+
+    python benchmarks/family_atlas.py                                   # digits, 2 minutes per family
+    python benchmarks/family_atlas.py --dataset fashion_mnist --minutes 4
+    python benchmarks/family_atlas.py --dataset mnist --root data/mnist --minutes 10
+    python benchmarks/family_atlas.py --minutes 0.2 --num 32 --families vae gan   # a smoke check
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see flow_mnist.py)
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from bench_common import cpu_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion")
+# The seed survey's columns that are properties of the family, not measurements.
+OBJECTIVE = {
+    "vae": "ELBO", "autoregressive": "exact log-likelihood", "flow": "exact log-likelihood (change of variables)",
+    "ebm": "contrastive divergence (Langevin)", "gan": "adversarial", "diffusion": "denoising (weighted VLB)",
+    "baseline": "per-pixel histogram",
+}
+
+
+def cli(args: list[str]):
+    from lit_gen.cli import LitGenCLI
+
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads `args`, not this script's argv
+    try:
+        return LitGenCLI(args=args)
+    finally:
+        sys.argv = argv
+
+
+def newest(path: Path, pattern: str) -> Path:
+    return max(path.glob(pattern), key=lambda p: p.stat().st_mtime)
+
+
+def evaluation_args(num: int, nll_batches: int | None, nll_batch_size: int | None) -> list[str]:
+    args = [f"--evaluation.test_num_samples={num}", f"--evaluation.num_real={num}", "--evaluation.kid=true",
+            f"--evaluation.kid_subset_size={min(100, num // 2)}", "--evaluation.precision_recall=true",
+            "--evaluation.grid_size=64", f"--evaluation.sample_batch_size={min(100, num)}"]
+    if nll_batches:
+        args.append(f"--trainer.limit_test_batches={nll_batches}")
+    if nll_batch_size:
+        args.append(f"--data.init_args.eval_batch_size={nll_batch_size}")
+    return args
+
+
+def run_family(family: str, dataset: str, out: Path, minutes: float, common: list[str],
+               evaluation: list[str]) -> dict:
+    config = str(ROOT / "configs" / family / f"{dataset}.yaml")
+    seconds = int(minutes * 60)
+    logger = [f"--trainer.logger.init_args.save_dir={out / 'runs'}", f"--trainer.logger.init_args.name={family}",
+              "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    start = time.perf_counter()
+    fitted = cli(["fit", "--config", config, *logger, *common, "--evaluation.every_n_epochs=0",
+                  f"--trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}"])
+    train_seconds = time.perf_counter() - start
+    params = sum(p.numel() for p in fitted.model.parameters())
+    steps, epochs = fitted.trainer.global_step, fitted.trainer.current_epoch
+    run = Path(fitted.trainer.log_dir)
+    cli(["test", "--config", config, *logger, *common, *evaluation,
+         f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    report = json.loads(newest(out / "runs" / family, "version_*/metrics.json").read_text())
+    grid = newest(out / "runs" / family, "version_*/samples/test_*.png")
+    return {"family": family, "model": report["model"].rsplit(".", 1)[-1], "params": params,
+            "train_seconds": train_seconds, "steps": steps, "epochs": epochs, "metrics": report["metrics"],
+            "grid": str(grid)}
+
+
+def run_baseline(dataset: str, out: Path, common: list[str], evaluation: list[str]) -> dict:
+    """FactorizedCategorical fitted in closed form, then tested by the same evaluation callback."""
+    from lit_gen.cli import LitGenCLI
+
+    config = str(ROOT / "configs" / "vae" / f"{dataset}.yaml")  # for its datamodule and evaluation blocks
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        built = LitGenCLI(args=["--config", config, *common, *evaluation, "--trainer.enable_progress_bar=false",
+                                "--model=lit_gen.models.factorized.FactorizedCategorical",
+                                f"--trainer.logger.init_args.save_dir={out / 'runs'}",
+                                "--trainer.logger.init_args.name=baseline"], run=False)
+    finally:
+        sys.argv = argv
+    start = time.perf_counter()
+    model = built.model.fit_counts(built.datamodule.train_dataloader())
+    train_seconds = time.perf_counter() - start
+    built.trainer.test(model, datamodule=built.datamodule)
+    report = json.loads(newest(out / "runs" / "baseline", "version_*/metrics.json").read_text())
+    grid = newest(out / "runs" / "baseline", "version_*/samples/test_*.png")
+    return {"family": "baseline", "model": "FactorizedCategorical", "params": sum(p.numel() for p in model.parameters()),
+            "train_seconds": train_seconds, "steps": 0, "epochs": 1, "metrics": report["metrics"], "grid": str(grid)}
+
+
+def value(row: dict, name: str, fmt: str = "{:.3g}") -> str:
+    entry = row["metrics"].get(name)
+    return "n/a" if not entry or entry.get("value") is None else fmt.format(entry["value"])
+
+
+def format_count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}k"
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "",
+             "| family | model | objective | test bits/dim (kind, N) | FID | KID | precision | recall | "
+             "sampling s/image | parameters | training |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        bpd = row["metrics"].get("bpd")
+        if bpd and bpd.get("value") is not None:
+            likelihood = f"{bpd['value']:.3f} ({bpd['kind']}, {bpd['n']})"
+        else:
+            likelihood = "not available"
+        training = "closed form" if row["family"] == "baseline" else \
+            f"{row['train_seconds'] / 60:.1f} min, {row['steps']} steps"
+        lines.append(
+            f"| {row['family']} | {row['model']} | {OBJECTIVE[row['family']]} | {likelihood} | "
+            f"{value(row, 'fid', '{:.1f}')} | {value(row, 'kid_mean', '{:.4f}')} | {value(row, 'precision', '{:.2f}')} | "
+            f"{value(row, 'recall', '{:.2f}')} | {value(row, 'sample_sec_per_image', '{:.2g}')} | "
+            f"{format_count(row['params'])} | {training} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(rows: list[dict], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 3.3))
+    for axis, row in zip(axes if len(rows) > 1 else [axes], rows):
+        axis.imshow(mpimg.imread(row["grid"]), cmap="gray")
+        axis.set_axis_off()
+        bpd = row["metrics"].get("bpd")
+        likelihood = f"{bpd['value']:.2f} bpd ({bpd['kind']})" if bpd and bpd.get("value") is not None else "no NLL"
+        axis.set_title(f"{row['family']}\nFID {value(row, 'fid', '{:.0f}')} | {likelihood}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="digits", choices=["digits", "mnist", "fashion_mnist"])
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--minutes", type=float, default=2.0, help="training wall-time budget per family")
+    parser.add_argument("--num", type=int, default=200, help="N generated = N real (train) images for FID etc.")
+    parser.add_argument("--nll-batches", type=int, default=None,
+                        help="test batches for the NLL (default: all on digits, 1 elsewhere)")
+    parser.add_argument("--nll-batch-size", type=int, default=None,
+                        help="test batch size (default: the config's on digits, 100 elsewhere)")
+    parser.add_argument("--root", type=Path, help="data root for mnist / fashion_mnist (IDX files)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "atlas")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    small = args.dataset == "digits"
+    nll_batches = args.nll_batches if args.nll_batches is not None else (None if small else 1)
+    nll_batch_size = args.nll_batch_size if args.nll_batch_size is not None else (None if small else 100)
+    common = [f"--data.init_args.root={args.root}"] if args.root else []
+    evaluation = evaluation_args(args.num, nll_batches, nll_batch_size)
+    out = args.out / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}"
+    print(f"machine: {machine}; budget {args.minutes:g} min per family; N = {args.num}", flush=True)
+
+    rows = [run_baseline(args.dataset, out, common, evaluation)]
+    for family in args.families:
+        rows.append(run_family(family, args.dataset, out, args.minutes, common, evaluation))
+        print(markdown(rows[-1:], f"{family} done").splitlines()[-1], flush=True)
+
+    header = (f"## {args.dataset}: every family, {args.minutes:g} minutes of training each\n\n"
+              f"Machine: {machine}. FID / KID / precision / recall: N = {args.num} generated vs {args.num} "
+              f"training images (Inception 2015-12-05 pool features). Bits/dim on the test split, N as stated.")
+    table = markdown(rows, header)
+    (out.parent / f"atlas_{args.dataset}.md").write_text(table)
+    (out.parent / f"atlas_{args.dataset}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    figure(rows, f"{args.dataset}, {args.minutes:g} CPU minutes per family, FID at N = {args.num}",
+           out.parent / f"atlas_{args.dataset}.png")
+    print("\n" + table)
+    print(f"written: {out.parent / f'atlas_{args.dataset}.md'}, .png, .json")
+
+
+if __name__ == "__main__":
+    main()
