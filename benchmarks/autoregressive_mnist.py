@@ -50,10 +50,6 @@ MNIST_CPU = [
 ]
 
 
-
-
-
-
 def factorized_test_bpd(datamodule) -> float:
     from lit_gen.models.factorized import FactorizedCategorical
 

@@ -31,12 +31,6 @@ IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
              "t10k-labels-idx1-ubyte")
 
 
-
-
-
-
-
-
 def build(config: str, root: Path, run_dir: Path, minutes: float | None, extra: list[str]):
     """Model, datamodule and trainer exactly as ``lit-gen fit --config`` builds them, with a time budget."""
     from lit_gen.cli import LitGenCLI

@@ -18,8 +18,6 @@ import torch
 from bench_common import cpu_model
 
 
-
-
 def waves(n: int, c: int, size: int, seed: int) -> torch.Tensor:
     """'Real' set: smooth sinusoidal patterns, uint8 (n, c, size, size)."""
     g = torch.Generator().manual_seed(seed)

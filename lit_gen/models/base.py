@@ -292,7 +292,9 @@ class GenerativeModule(L.LightningModule):
         return {"chunk": index, "start": index * chunk_size, "images": images.float().cpu(),
                 "labels": None if labels is None else labels.cpu()}
 
-    def configure_model(self) -> None:
+    def setup(self, stage: str) -> None:
+        # Here rather than in configure_model: Lightning's WeightAveraging warns about models that
+        # override configure_model (it assumes sharding).
         if self.compile_networks:
             for module in self.children():
                 if any(True for _ in module.parameters()):

@@ -30,7 +30,7 @@ def test_compile_keeps_parameter_names_and_results():
     eager = VAE(**kwargs)
     compiled = VAE(**kwargs, compile=True)
     compiled.load_state_dict(eager.state_dict())
-    compiled.configure_model()
+    compiled.setup("fit")
     assert compiled.encoder._compiled_call_impl is not None
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     x = torch.randint(0, 17, (16, 1, 8, 8)).float() / 16

@@ -189,6 +189,7 @@ class GAN(GenerativeModule):
 
     # ------------------------------------------------------------ Lightning
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         # Each backward of a GAN step reaches one network only, which plain DDP reads as a missing
         # gradient and stops on. Tell the DDP wrapper (built after this hook) to expect that, so the
         # same YAML works with `strategy: ddp` as on one device.
