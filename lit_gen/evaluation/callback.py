@@ -143,7 +143,8 @@ class GenerativeEvaluation(Callback):
             wants_features = self._wants_features(pl_module)
             num = self.num_samples[stage] if wants_features else 0
             num_drawn = max(num, self.grid_size)
-            features, grid, seconds = self._draw(trainer, pl_module, num_drawn, wants_features)
+            # Grid-only evaluations (N = 0) never load Inception nor embed the grid's images.
+            features, grid, seconds = self._draw(trainer, pl_module, num_drawn, wants_features and num > 0)
             if grid is not None and grid.numel():
                 self._save_grid(trainer, pl_module, grid, stage)
             values: dict[str, float] = {}

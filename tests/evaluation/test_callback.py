@@ -72,3 +72,15 @@ def test_evaluate_logs_fid_and_saves_a_grid(tmp_path, monkeypatch):
     assert list((tmp_path / "samples").glob("test_epoch0000_*.png"))
     # The same seed gives the same samples, hence the same FID.
     assert callback.evaluate(stub_trainer(data, tmp_path), model, "test")["fid"] == values["fid"]
+
+
+def test_grid_only_evaluation_embeds_nothing(tmp_path, monkeypatch):
+    """val_num_samples = 0 means grids only: no Inception load, no features of the grid's images."""
+    extractor = CountingExtractor()
+    monkeypatch.setattr(GenerativeEvaluation, "_extractor", lambda self, pl_module: extractor)
+    model = FactorizedCategorical(data_shape=(1, 8, 8), num_levels=17)
+    monkeypatch.setattr(model, "log", lambda *a, **k: None)
+    callback = GenerativeEvaluation(cache_dir=str(tmp_path / "cache"), val_num_samples=0, grid_size=16)
+    values = callback.evaluate(stub_trainer(DigitsDataModule(), tmp_path), model, "val")
+    assert "fid" not in values and extractor.images_seen == 0
+    assert list((tmp_path / "samples").glob("val_epoch0000_*.png"))
