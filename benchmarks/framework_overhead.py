@@ -20,14 +20,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import copy
 import statistics
-import sys
 import tempfile
 import time
 from itertools import cycle
 from pathlib import Path
 
 import torch
-from bench_common import cpu_model
+from bench_common import cpu_model, lit_gen_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion")
@@ -37,19 +36,13 @@ def build(family: str, steps: int, run_dir: str):
     """Model, datamodule and trainer as ``lit-gen fit --config configs/<family>/digits.yaml`` builds them
     (lit-gen's callbacks, TensorBoard logging, epoch-end checkpoints), limited to ``steps`` training steps
     with no validation and no progress bar."""
-    from lit_gen.cli import LitGenCLI
-
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        return LitGenCLI(args=["--config", str(ROOT / "configs" / family / "digits.yaml"),
-                               f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0",
-                               "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
-                               "--trainer.enable_model_summary=false", "--evaluation.every_n_epochs=0",
-                               "--checkpoint.monitor=null", f"--trainer.logger.init_args.save_dir={run_dir}",
-                               "--trainer.callbacks=[]"],  # no EMA: extra work, not overhead
-                         run=False)
-    finally:
-        sys.argv = argv
+    return lit_gen_cli(["--config", str(ROOT / "configs" / family / "digits.yaml"),
+                        f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0",
+                        "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
+                        "--trainer.enable_model_summary=false", "--evaluation.every_n_epochs=0",
+                        "--checkpoint.monitor=null", f"--trainer.logger.init_args.save_dir={run_dir}",
+                        "--trainer.callbacks=[]"],  # no EMA: extra work, not overhead
+                       run=False)
 
 
 def lit_gen_steps(cli, steps: int) -> float:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import cpu_model
+from bench_common import cpu_model, lit_gen_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("digits", "fashion_mnist")
@@ -36,14 +36,8 @@ def build_from_config(family: str, dataset: str, overrides: list[str]):
     """(model, datamodule, weight-averaging callbacks, the configured trainer) as the config defines them."""
     from lightning.pytorch.callbacks import WeightAveraging
 
-    from lit_gen.cli import LitGenCLI
-
     config = ROOT / "configs" / family / f"{dataset}.yaml"
-    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI gets its arguments from `args`, not this script's
-    try:
-        cli = LitGenCLI(args=["--config", str(config), "--trainer.logger=false", *overrides], run=False)
-    finally:
-        sys.argv = argv
+    cli = lit_gen_cli(["--config", str(config), "--trainer.logger=false", *overrides], run=False)
     averaging = [c for c in cli.trainer.callbacks if isinstance(c, WeightAveraging)]
     return cli.model, cli.datamodule, averaging, cli.trainer
 

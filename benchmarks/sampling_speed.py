@@ -16,26 +16,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-from bench_common import cpu_model
+from bench_common import cpu_model, lit_gen_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion")
 
 
 def build(family: str, dataset: str):
-    from lit_gen.cli import LitGenCLI
-
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        cli = LitGenCLI(args=["--config", str(ROOT / "configs" / family / f"{dataset}.yaml"),
-                              "--trainer.logger=false"], run=False)
-    finally:
-        sys.argv = argv
+    cli = lit_gen_cli(["--config", str(ROOT / "configs" / family / f"{dataset}.yaml"),
+                       "--trainer.logger=false"], run=False)
     return cli.model.eval()
 
 
