@@ -207,3 +207,26 @@ def test_knob_sweep_writes_a_table_a_plot_and_a_grid_per_value(tmp_path):
     assert len(rows) == 2 and rows[0] != rows[1], "each knob value has its own row of different numbers"
     assert (run / "sweep.png").stat().st_size > 0
     assert len(list((run / "samples").glob("sweep_temperature_*.png"))) == 2
+
+
+def test_testing_a_checkpoint_twice_gives_the_same_metrics(tmp_path):
+    run = fit_tiny(tmp_path, "twice")
+    reports = []
+    for _ in range(2):
+        assert run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "again"), *TINY_VAE,
+                        f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--trainer.limit_test_batches=2",
+                        "--evaluation.test_num_samples=8", "--evaluation.sample_batch_size=4"]) == 0
+        newest = max((tmp_path / "again").glob("version_*/metrics.json"), key=lambda p: p.stat().st_mtime)
+        metrics = json.loads(newest.read_text())["metrics"]
+        reports.append({k: v["value"] for k, v in metrics.items() if k != "sample_sec_per_image"})  # a time
+    assert reports[0] == reports[1]
+    assert {"nll", "bpd", "elbo", "fid"} <= reports[0].keys()
+
+
+def test_checkpoint_of_another_family_names_both(capsys, tmp_path):
+    run = fit_tiny(tmp_path, "vae_run")
+    code = run_cli(["test", "--config", str(ROOT / "configs" / "autoregressive" / "digits.yaml"),
+                    *quiet_trainer_args(tmp_path), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    assert code == 1
+    line = error_line(capsys)
+    assert "VAE" in line and "GatedPixelCNN" in line
