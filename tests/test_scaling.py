@@ -53,9 +53,11 @@ def test_bf16_mixed_fit_for_every_family(tmp_path, family):
                     "--trainer.precision=bf16-mixed", "--trainer.fast_dev_run=true"]) == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("family", ["vae", "autoregressive", "flow", "diffusion"])
-def test_bf16_autocast_nll_matches_float32(family):
-    """Networks may run in bf16; likelihood terms and log-dets stay float32/64, so the NLL barely moves.
+def test_mixed_precision_nll_matches_float32(family, dtype):
+    """Networks may run in bf16 / fp16; likelihood terms and log-dets stay float32/64, so the NLL barely
+    moves. (Lightning's 16-mixed also scales the loss, which needs a GPU; the numerics are checked here.)
 
     Weights are perturbed away from their initialisation first: zero-initialised output layers (flows,
     diffusion) would make the comparison trivially exact.
@@ -75,7 +77,7 @@ def test_bf16_autocast_nll_matches_float32(family):
     kwargs = model.eval_nll_kwargs("test")
     torch.manual_seed(0)
     full = model.nll(x, None, **kwargs).nats
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         torch.manual_seed(0)
         mixed = model.nll(x, None, **kwargs).nats
     assert full.dtype == mixed.dtype == torch.float64
