@@ -27,8 +27,13 @@ NetFactory = Callable[[int, int], nn.Module]
 Shape = tuple[int, ...]
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """Half-precision values (from a network under autocast) as float32; float32/64 as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def sum_except_batch(x: Tensor) -> Tensor:
-    return x.reshape(x.shape[0], -1).float().sum(1)  # log-dets accumulate in float32, even under autocast
+    return at_least_float32(x).reshape(x.shape[0], -1).sum(1)  # log-dets: never summed in bf16/fp16
 
 
 class Transform(nn.Module):
@@ -194,15 +199,15 @@ class InvertibleConv1x1(Transform):
         return (x[0, 0].numel() * self.log_s.sum()).expand(x.shape[0])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        with torch.autocast(x.device.type, enabled=False):  # a C x C mixing of the flow's state: float32
+        with torch.autocast(x.device.type, enabled=False):  # a C x C mixing of the flow's state: full precision
             w = self.weight()
-            return F.conv2d(x.float(), w.view(*w.shape, 1, 1)), self._logabsdet(x)
+            return F.conv2d(x.to(w.dtype), w.view(*w.shape, 1, 1)), self._logabsdet(x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         # Invert in float64: the product of three factors can be ill-conditioned after training.
-        w_inv = torch.linalg.inv(self.weight().double()).float()
         with torch.autocast(z.device.type, enabled=False):
-            return F.conv2d(z.float(), w_inv.view(*w_inv.shape, 1, 1)), -self._logabsdet(z)
+            w_inv = torch.linalg.inv(self.weight().double()).to(self.lower.dtype)
+            return F.conv2d(z.to(w_inv.dtype), w_inv.view(*w_inv.shape, 1, 1)), -self._logabsdet(z)
 
 
 def checkerboard(height: int, width: int, parity: int, device=None, dtype=None) -> Tensor:
@@ -254,7 +259,7 @@ class AffineCoupling(Transform):
 
     def _scale_shift(self, kept: Tensor, context: Tensor | None) -> tuple[Tensor | None, Tensor]:
         # The conditioner may run in bf16/fp16 under autocast; the transform and its log-det do not.
-        h = self.net(kept if context is None else torch.cat([kept, context], 1)).float()
+        h = at_least_float32(self.net(kept if context is None else torch.cat([kept, context], 1)))
         if self.scale_fn == "additive":
             return None, h
         shift, raw = h[:, : self.changed_channels], h[:, self.changed_channels:]
@@ -336,7 +341,7 @@ class Gaussianize(Transform):
     def _mean_log_sigma(self, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if context is None:
             raise ValueError("Gaussianize needs the kept half as context")
-        mean, log_sigma = self.net(context).float().chunk(2, dim=1)
+        mean, log_sigma = at_least_float32(self.net(context)).chunk(2, dim=1)
         return mean, log_sigma
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
