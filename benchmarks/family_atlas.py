@@ -60,14 +60,19 @@ def run_family(family: str, dataset: str, out: Path, minutes: float, common: lis
     logger = [f"--trainer.logger.init_args.save_dir={out / 'runs'}", f"--trainer.logger.init_args.name={family}",
               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     start = time.perf_counter()
+    # No sample metrics while training, so nothing to monitor: keep the last weights (the budget's end).
     fitted = lit_gen_cli(["fit", "--config", config, *logger, *common, "--evaluation.every_n_epochs=0",
+                          "--checkpoint.monitor=null",
                           f"--trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}"])
     train_seconds = time.perf_counter() - start
     params = sum(p.numel() for p in fitted.model.parameters())
     steps, epochs = fitted.trainer.global_step, fitted.trainer.current_epoch
     run = Path(fitted.trainer.log_dir)
-    lit_gen_cli(["test", "--config", config, *logger, *common, *evaluation,
-                 f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    # The weights at the budget's end: last.ckpt is written at epoch ends, and the time limit stops
+    # training mid-epoch.
+    final = run / "checkpoints" / "final.ckpt"
+    fitted.trainer.save_checkpoint(final)
+    lit_gen_cli(["test", "--config", config, *logger, *common, *evaluation, f"--ckpt_path={final}"])
     report = json.loads(newest(out / "runs" / family, "version_*/metrics.json").read_text())
     grid = newest(out / "runs" / family, "version_*/samples/test_*.png")
     return {"family": family, "model": report["model"].rsplit(".", 1)[-1], "params": params,
@@ -155,6 +160,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, help="data root for mnist / fashion_mnist (IDX files)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "atlas")
+    parser.add_argument("--reuse", action="store_true", help="keep the rows an interrupted run already measured")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -168,9 +174,20 @@ def main() -> None:
     machine = f"{cpu_model()}, {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}"
     print(f"machine: {machine}; budget {args.minutes:g} min per family; N = {args.num}", flush=True)
 
-    rows = [run_baseline(args.dataset, out, common, evaluation)]
+    def measured(family: str, run) -> dict:
+        """A family's row, saved as soon as it is measured; with --reuse, an earlier run's row is kept."""
+        path = out / "rows" / f"{family}.json"
+        if args.reuse and path.is_file():
+            return json.loads(path.read_text())
+        row = run()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row, indent=2))
+        return row
+
+    rows = [measured("baseline", lambda: run_baseline(args.dataset, out, common, evaluation))]
     for family in args.families:
-        rows.append(run_family(family, args.dataset, out, args.minutes, common, evaluation))
+        rows.append(measured(family, lambda: run_family(family, args.dataset, out, args.minutes, common,
+                                                        evaluation)))
         print(markdown(rows[-1:], f"{family} done").splitlines()[-1], flush=True)
 
     header = (f"## {args.dataset}: every family, {args.minutes:g} minutes of training each\n\n"
