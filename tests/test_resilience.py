@@ -37,7 +37,12 @@ def last_checkpoint(run_root: Path) -> Path:
 
 def assert_same_tensors(a, b, where: str) -> None:
     if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{where} differs"
+        # Float tolerance, not bits: multi-threaded CPU kernels may sum in a different order between
+        # two runs (the EBM's input-gradient Langevin steps showed it); one thread gives equality.
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=f"{where} differs")
+        else:
+            assert torch.equal(a, b), f"{where} differs"
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), f"{where}: keys differ"
         for key in a:
