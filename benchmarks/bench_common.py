@@ -73,3 +73,12 @@ def lit_gen_cli(args: list[str], run: bool = True):
         return LitGenCLI(args=args, run=run)
     finally:
         sys.argv = argv
+
+
+def machine_line(threads: int) -> str:
+    """What every benchmark prints first: CPU, cores, torch threads and version."""
+    import os
+
+    import torch
+
+    return f"machine: {cpu_model()}, {os.cpu_count()} cores, {threads} torch threads, torch {torch.__version__}"

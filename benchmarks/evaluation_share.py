@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import cpu_model, lit_gen_cli
+from bench_common import lit_gen_cli, machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def main() -> None:
                      "--trainer.enable_progress_bar=false", *extra])
         total = time.perf_counter() - start
     share = sum(spent) / total
-    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}")
+    print(machine_line(args.threads))
     print(f"{args.config}: fit {total:.1f} s, evaluation callback {sum(spent):.1f} s in {len(spent)} calls "
           f"= {100 * share:.1f} % of the fit (goal <= 10 %: {'ok' if share <= 0.10 else 'MISSED'})")
 

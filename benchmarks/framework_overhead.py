@@ -26,7 +26,7 @@ from itertools import cycle
 from pathlib import Path
 
 import torch
-from bench_common import cpu_model, lit_gen_cli
+from bench_common import lit_gen_cli, machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion")
@@ -107,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}")
+    print(machine_line(args.threads))
     print(f"{args.steps} timed steps (after 5 warm-up steps) x {args.repeats} repeats, alternating\n")
     print(f"{'family':<15} {'lit-gen s/step':>15} {'plain s/step':>13} {'ratio':>7}  goal <= 1.05")
     ratios = {}

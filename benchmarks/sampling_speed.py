@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import cpu_model, lit_gen_cli
+from bench_common import lit_gen_cli, machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion")
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}")
+    print(machine_line(args.threads))
     print(f"configs/<family>/{args.dataset}.yaml, batch {args.batch}, median of {args.repeats}\n")
     print(f"{'family':<15} {'sampler settings':<45} {'images/s':>10}")
     for family in args.families:
