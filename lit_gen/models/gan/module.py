@@ -205,8 +205,7 @@ class GAN(GenerativeModule):
             self.check_finite(d_terms["loss"])
             d_opt.zero_grad()
             self.manual_backward(d_terms["loss"])
-            self._clip(d_opt)
-            d_opt.step()
+            d_opt.step()  # clipped in on_before_optimizer_step
         logged = {f"train/discriminator_{k}" if k == "loss" else f"train/{k}": v.detach()
                   for k, v in d_terms.items()}
         if batch_idx % self.n_critic == 0:
@@ -215,14 +214,15 @@ class GAN(GenerativeModule):
                 self.check_finite(g_loss)
                 g_opt.zero_grad()
                 self.manual_backward(g_loss)
-                self._clip(g_opt)
                 g_opt.step()
             logged["train/generator_loss"] = g_loss.detach()
         self.log_dict(logged, on_step=True, on_epoch=True, batch_size=x.shape[0])
         if self.lr_scheduler_interval == "step":
             self._step_schedulers()
 
-    def _clip(self, optimizer: Any) -> None:
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # Lightning calls this inside ``optimizer.step()`` after a 16-mixed GradScaler has unscaled the
+        # gradients: clipping between manual_backward and step would clip the scaled ones.
         if self.gradient_clip_norm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_norm, gradient_clip_algorithm="norm")
 

@@ -8,6 +8,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_gen.evaluation.likelihood import from_levels, to_levels
@@ -151,11 +152,19 @@ def test_validation_loss_is_the_discriminator_objective():
     assert {"generator_loss", "real_score", "fake_score"} <= set(out)
 
 
+def fp16_with_scale(scale: float) -> MixedPrecision:
+    """Lightning's 16-mixed precision on the CPU (its Trainer flag is GPU-only): autocast + GradScaler."""
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=scale))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed"])
 @pytest.mark.parametrize("clip", [None, 1e-3])
-def test_gradient_clip_norm_bounds_each_networks_step(clip):
+def test_gradient_clip_norm_bounds_each_networks_step(clip, precision):
     """Manual optimization ignores trainer.gradient_clip_val; the GAN clips each network itself.
 
     With SGD at lr 1 a step moves the weights by exactly the (clipped) gradient, so its norm is the bound.
+    Under 16-mixed (a real GradScaler, on the CPU) the clip must see unscaled gradients: clipping the
+    scaled ones would leave steps 2**8 times too small (a small initial scale, so no step is skipped).
     """
     torch.manual_seed(0)
     sgd = lambda params: torch.optim.SGD(params, lr=1.0)  # noqa: E731
@@ -165,11 +174,12 @@ def test_gradient_clip_norm_bounds_each_networks_step(clip):
               for name in ("generator", "discriminator")}
     trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu")
+                        accelerator="cpu",
+                        plugins=[fp16_with_scale(2.0**8)] if precision == "16-mixed" else None)
     trainer.fit(model, train_dataloaders=data_loader())
     for name, old in before.items():
         moved = (torch.cat([p.detach().flatten() for p in getattr(model, name).parameters()]) - old).norm()
         if clip is None:
             assert moved > 1e-2, f"{name}: the unclipped step should be far larger than the bound"
         else:
-            assert moved <= clip * 1.001, f"{name} moved {moved}"
+            assert clip * 0.99 <= moved <= clip * 1.001, f"{name} moved {moved}"
