@@ -1,8 +1,8 @@
 """The family atlas: every family trained on the same data under the same budget, evaluated the same way.
 
 For each family, ``configs/<family>/<dataset>.yaml`` is trained through the lit-gen CLI for at most
-``--minutes`` of wall time (``lit-gen fit ... --trainer.max_time``; the config's epochs may end it
-sooner), then ``lit-gen test --ckpt_path last`` evaluates it with one protocol for all: test NLL / bits/dim
+``--minutes`` of wall time (``lit-gen fit ... --trainer.max_time``, no validation; the config's epochs
+may end it sooner), then ``lit-gen test --ckpt_path last`` evaluates it with one protocol for all: test NLL / bits/dim
 with its kind where a likelihood exists (N stated), and FID, KID, precision and recall of N samples against
 N training images. The factorized per-pixel baseline is fitted in closed form and evaluated by the same
 callback. Writes the seed survey's comparison table with measured numbers as ``atlas_<dataset>.md``, a
@@ -60,9 +60,10 @@ def run_family(family: str, dataset: str, out: Path, minutes: float, common: lis
     logger = [f"--trainer.logger.init_args.save_dir={out / 'runs'}", f"--trainer.logger.init_args.name={family}",
               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     start = time.perf_counter()
-    # No sample metrics while training, so nothing to monitor: keep the last weights (the budget's end).
+    # The budget is for training: no validation (some configs log a costly bound there, e.g. diffusion's
+    # full VLB), no sample metrics, nothing to monitor; the weights at the budget's end are tested.
     fitted = lit_gen_cli(["fit", "--config", config, *logger, *common, "--evaluation.every_n_epochs=0",
-                          "--checkpoint.monitor=null",
+                          "--checkpoint.monitor=null", "--trainer.limit_val_batches=0",
                           f"--trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}"])
     train_seconds = time.perf_counter() - start
     params = sum(p.numel() for p in fitted.model.parameters())
