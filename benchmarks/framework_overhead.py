@@ -22,7 +22,6 @@ import copy
 import statistics
 import tempfile
 import time
-from itertools import cycle
 from pathlib import Path
 
 import torch
@@ -61,12 +60,20 @@ def lit_gen_steps(cli, steps: int) -> float:
     return (marks[-1] - marks[5]) / (len(marks) - 6)  # from the 6th batch start to the end of the last
 
 
+def epochs(datamodule):
+    """Batches epoch after epoch, each epoch a fresh pass over the loader as a hand-written loop does
+    (``itertools.cycle`` would replay the first epoch's cached batches and skip loading them)."""
+    loader = datamodule.train_dataloader()
+    while True:
+        yield from loader
+
+
 def plain_steps(model, datamodule, steps: int, clip: float | None) -> float:
     """Seconds per step of a hand-written loop with the same network, optimizer, data and batch size."""
     from lit_gen.models.gan import GAN
 
     model.train()
-    loader = cycle(datamodule.train_dataloader())
+    loader = epochs(datamodule)
     if isinstance(model, GAN):
         g_opt = model.generator_optimizer(model.generator.parameters())
         d_opt = model.discriminator_optimizer(model.discriminator.parameters())
