@@ -75,10 +75,27 @@ def lit_gen_cli(args: list[str], run: bool = True):
         sys.argv = argv
 
 
-def machine_line(threads: int) -> str:
-    """What every benchmark prints first: CPU, cores, torch threads and version."""
+def machine_line(threads: int, device: str = "cpu") -> str:
+    """What every benchmark prints first: CPU, cores, torch threads and version, and the GPU when used."""
     import os
 
     import torch
 
-    return f"machine: {cpu_model()}, {os.cpu_count()} cores, {threads} torch threads, torch {torch.__version__}"
+    line = f"machine: {cpu_model()}, {os.cpu_count()} cores, {threads} torch threads, torch {torch.__version__}"
+    if device.startswith("cuda"):
+        line += f", GPU {torch.cuda.get_device_name(torch.device(device))} (CUDA {torch.version.cuda})"
+    return line
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so wall-clock times measure it."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))

@@ -5,10 +5,14 @@ For each family's digits config, the model, datamodule and optimizer come from t
 (a) through lit-gen's Trainer (the config's trainer with logging, loss checks and LR schedule; no
 validation, no progress bar, no EMA: what a step costs; epoch-end checkpoints are included), (b) in a plain loop calling the same
 ``loss`` (the GAN: the same discriminator and generator updates). The two alternate ``--repeats`` times so
-machine load hits both alike; the ratio of medians is printed. Goal: <= 1.05.
+machine load hits both alike; the ratio of medians is printed. Goal: <= 1.05. Both are timed from the 6th
+batch's start to the last batch's end (epoch-end work such as lit-gen's checkpoints is inside the window;
+the end of ``fit`` is not). ``--device cuda`` and ``--precision bf16-mixed`` run both on a GPU and under
+bf16 autocast (run twice for the bf16 / fp32 speed-up).
 
     python benchmarks/framework_overhead.py                       # every family, 60 steps x 3 repeats
     python benchmarks/framework_overhead.py --families vae gan --steps 30
+    python benchmarks/framework_overhead.py --device cuda --precision bf16-mixed
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import contextlib
 import copy
 import statistics
 import tempfile
@@ -25,13 +30,13 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import lit_gen_cli, machine_line
+from bench_common import lit_gen_cli, machine_line, synchronize
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion")
 
 
-def build(family: str, steps: int, run_dir: str):
+def build(family: str, steps: int, run_dir: str, device: str, precision: str):
     """Model, datamodule and trainer as ``lit-gen fit --config configs/<family>/digits.yaml`` builds them
     (lit-gen's callbacks, TensorBoard logging, epoch-end checkpoints), limited to ``steps`` training steps
     with no validation and no progress bar."""
@@ -40,24 +45,30 @@ def build(family: str, steps: int, run_dir: str):
                         "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
                         "--trainer.enable_model_summary=false", "--evaluation.every_n_epochs=0",
                         "--checkpoint.monitor=null", f"--trainer.logger.init_args.save_dir={run_dir}",
-                        "--trainer.callbacks=[]"],  # no EMA: extra work, not overhead
+                        "--trainer.callbacks=[]",  # no EMA: extra work, not overhead
+                        f"--trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}",
+                        "--trainer.devices=1", f"--trainer.precision={precision}"],
                        run=False)
 
 
-def lit_gen_steps(cli, steps: int) -> float:
+def lit_gen_steps(cli, steps: int, device: str) -> float:
     """Seconds per step of lit-gen's fit, warm-up steps excluded."""
     from lightning.pytorch.callbacks import Callback
 
-    marks = []
+    starts, ends = [], []
 
     class Clock(Callback):
         def on_train_batch_start(self, *args):
-            marks.append(time.perf_counter())
+            synchronize(device)
+            starts.append(time.perf_counter())
+
+        def on_train_batch_end(self, *args):
+            synchronize(device)
+            ends.append(time.perf_counter())
 
     cli.trainer.callbacks.append(Clock())
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    marks.append(time.perf_counter())
-    return (marks[-1] - marks[5]) / (len(marks) - 6)  # from the 6th batch start to the end of the last
+    return (ends[-1] - starts[5]) / (len(starts) - 5)  # from the 6th batch's start to the last one's end
 
 
 def epochs(datamodule):
@@ -68,12 +79,17 @@ def epochs(datamodule):
         yield from loader
 
 
-def plain_steps(model, datamodule, steps: int, clip: float | None) -> float:
+def plain_steps(model, datamodule, steps: int, clip: float | None, device: str, precision: str) -> float:
     """Seconds per step of a hand-written loop with the same network, optimizer, data and batch size."""
     from lit_gen.models.gan import GAN
 
-    model.train()
+    model.to(device).train()
     loader = epochs(datamodule)
+    bf16 = precision == "bf16-mixed"
+
+    def autocast():
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
     if isinstance(model, GAN):
         g_opt = model.generator_optimizer(model.generator.parameters())
         d_opt = model.discriminator_optimizer(model.discriminator.parameters())
@@ -82,26 +98,32 @@ def plain_steps(model, datamodule, steps: int, clip: float | None) -> float:
     start = None
     for step in range(steps + 5):
         if step == 5:
+            synchronize(device)
             start = time.perf_counter()
         x, y = next(loader)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         labels = y if model.conditional else None
         if isinstance(model, GAN):
-            d_loss = model.discriminator_terms(x, labels)["loss"]
+            with autocast():
+                d_loss = model.discriminator_terms(x, labels)["loss"]
             d_opt.zero_grad()
             d_loss.backward()
             d_opt.step()
-            g_loss = model.generator_loss(x.shape[0], labels)
+            with autocast():
+                g_loss = model.generator_loss(x.shape[0], labels)
             g_opt.zero_grad()
             g_loss.backward()
             g_opt.step()
         else:
-            out = model.loss(x, labels)
+            with autocast():
+                out = model.loss(x, labels)
             loss = out["loss"] if isinstance(out, dict) else out
             opt.zero_grad()
             loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
+    synchronize(device)
     return (time.perf_counter() - start) / steps
 
 
@@ -111,10 +133,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (both loops run there)")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    print(machine_line(args.threads))
+    print(machine_line(args.threads, args.device) + f", precision {args.precision}")
     print(f"{args.steps} timed steps (after 5 warm-up steps) x {args.repeats} repeats, alternating\n")
     print(f"{'family':<15} {'lit-gen s/step':>15} {'plain s/step':>13} {'ratio':>7}  goal <= 1.05")
     ratios = {}
@@ -122,12 +146,13 @@ def main() -> None:
         timings = {"lit-gen": [], "plain": []}
         with tempfile.TemporaryDirectory() as run_dir:
             for _ in range(args.repeats):
-                cli = build(family, args.steps + 5, run_dir)  # seeded by the config: the same initial model
+                # seeded by the config: the same initial model
+                cli = build(family, args.steps + 5, run_dir, args.device, args.precision)
                 plain_model = copy.deepcopy(cli.model)
-                timings["lit-gen"].append(lit_gen_steps(cli, args.steps))
+                timings["lit-gen"].append(lit_gen_steps(cli, args.steps, args.device))
                 cli.datamodule.setup("fit")
                 timings["plain"].append(plain_steps(plain_model, cli.datamodule, args.steps,
-                                                   cli.trainer.gradient_clip_val))
+                                                   cli.trainer.gradient_clip_val, args.device, args.precision))
         ours, plain = statistics.median(timings["lit-gen"]), statistics.median(timings["plain"])
         ratios[family] = ours / plain
         print(f"{family:<15} {ours:>15.4f} {plain:>13.4f} {ours / plain:>7.3f}  "
