@@ -81,6 +81,26 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, family):
         assert "lit_gen_replay_buffer" in straight
 
 
+def test_two_process_ebm_resumes_every_ranks_chains(tmp_path):
+    """Under DDP each rank runs its own persistent Langevin chains: the checkpoint keeps all of them and a
+    resumed 2-process run continues each rank's own (and its random stream), as an uninterrupted one."""
+    config, tiny = TINY_FAMILIES["ebm"]
+    ddp = ["--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    common = ["--config", str(config), *tiny, *SHORT, *ddp]
+    assert run_cli(["fit", *common, *quiet_trainer_args(tmp_path, "straight"), "--trainer.max_epochs=3"]) == 0
+    assert run_cli(["fit", *common, *quiet_trainer_args(tmp_path, "resumed"), "--trainer.max_epochs=2"]) == 0
+    assert run_cli(["fit", *common, *quiet_trainer_args(tmp_path, "resumed"), "--trainer.max_epochs=3",
+                    "--ckpt_path=last"]) == 0
+
+    straight = torch.load(last_checkpoint(tmp_path / "straight"), weights_only=True)
+    resumed = torch.load(last_checkpoint(tmp_path / "resumed"), weights_only=True)
+    assert straight["global_step"] == resumed["global_step"] > 0
+    buffers = [straight["lit_gen_replay_buffer"], *straight["lit_gen_replay_buffers_other_ranks"]]
+    assert len(buffers) == 2 and not torch.equal(buffers[0]["samples"], buffers[1]["samples"])
+    for key in ("state_dict", "optimizer_states", "lit_gen_replay_buffer", "lit_gen_replay_buffers_other_ranks"):
+        assert_same_tensors(straight[key], resumed[key], key)
+
+
 def test_sigterm_saves_last_checkpoint_and_the_run_resumes(tmp_path):
     """A SIGTERM (preemption) mid-fit writes last.ckpt at the next batch boundary; fit --ckpt_path last goes on."""
     args = [*quiet_trainer_args(tmp_path, "preempted"), "--model.init_args.channels=8",

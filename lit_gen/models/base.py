@@ -15,6 +15,7 @@ The data's shape, levels K and classes come from the datamodule (linked by the C
 from __future__ import annotations
 
 import math
+import os
 import random
 from typing import Any, ClassVar
 
@@ -299,6 +300,19 @@ class GenerativeModule(L.LightningModule):
             for module in self.children():
                 if any(True for _ in module.parameters()):
                     module.compile()  # nn.Module.compile: no "_orig_mod." prefix in the state dict
+
+    def on_train_start(self) -> None:
+        # seed_everything gives every rank the same seed, so under DDP every rank would draw the same noise:
+        # the same GAN latents, diffusion timesteps, VAE noise and EBM chains on each rank, N-fold
+        # duplicated work. Each rank gets its own stream (rank 0 keeps the seed's; one process is
+        # unchanged). A resumed run then restores the saved per-rank streams at its first epoch start.
+        world = self.trainer.world_size
+        if world > 1:
+            base = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+            seed = (base + 1_000_003 * self.trainer.global_rank) % 2**32  # distinct for every rank
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
 
     def on_train_epoch_start(self) -> None:
         # Restored here, not at load time: the sanity check and the EMA/evaluation setup that run between

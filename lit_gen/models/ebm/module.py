@@ -25,12 +25,13 @@ from torch import Tensor
 
 from lit_gen.errors import LitGenError
 from lit_gen.evaluation.likelihood import quantize
-from lit_gen.models.base import GenerativeModule
+from lit_gen.models.base import GenerativeModule, gather_from_ranks
 from lit_gen.models.ebm.buffer import ReplayBuffer
 from lit_gen.models.ebm.langevin import langevin_sample
 from lit_gen.models.ebm.nets import ConvEnergy, MLPEnergy
 
-BUFFER_KEY = "lit_gen_replay_buffer"
+BUFFER_KEY = "lit_gen_replay_buffer"  # rank 0's chains: what sampling and evaluation continue
+OTHER_RANKS_KEY = "lit_gen_replay_buffers_other_ranks"  # ranks 1.. under DDP: their own chains on resume
 LOW, HIGH = -1.0, 1.0  # the model's box: data in [0, 1] maps to [-1, 1]
 
 
@@ -115,6 +116,13 @@ class EBM(GenerativeModule):
         return langevin_sample(self.energy, x, steps, self.step_size, self.noise_std,
                                grad_clip=self.langevin_grad_clip, bounds=(LOW, HIGH), generator=generator)
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # ddp_spawn hands the model to its workers through shared memory; Lightning unshares parameters and
+        # registered buffers, but not the chains (a plain tensor, kept out of DDP's buffer broadcast on
+        # purpose), so every rank would write into one store. Each process keeps a private copy.
+        self.buffer.samples = self.buffer.samples.clone()
+
     def negatives(self, n: int, steps: int, update_buffer: bool) -> Tensor:
         """Sampler states from the buffer after ``steps`` steps; written back (and reinitialised) in training."""
         if self.buffer.device != self.device:
@@ -163,9 +171,18 @@ class EBM(GenerativeModule):
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint[BUFFER_KEY] = self.buffer.state_dict()
+        # Under DDP every rank runs its own persistent chains (this hook runs on all ranks).
+        buffers = gather_from_ranks(self.buffer.state_dict())
+        checkpoint[BUFFER_KEY] = buffers[0]
+        if len(buffers) > 1:
+            checkpoint[OTHER_RANKS_KEY] = buffers[1:]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        if BUFFER_KEY in checkpoint:
-            self.buffer.load_state_dict(checkpoint[BUFFER_KEY])
+        if BUFFER_KEY not in checkpoint:
+            return
+        buffers = [checkpoint[BUFFER_KEY], *checkpoint.get(OTHER_RANKS_KEY, [])]
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        # Resumed on as many processes: each rank its own chains. Otherwise (another process count,
+        # or sampling) rank 0's chains; a fit's fresh-noise reinitialisation then diversifies them.
+        self.buffer.load_state_dict(buffers[rank] if len(buffers) == world else buffers[0])
