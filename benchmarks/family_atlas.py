@@ -113,6 +113,9 @@ def markdown(rows: list[dict], header: str) -> str:
              "sampling s/image | parameters | training |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['family']} | failed: {row['error']} |" + " |" * 9)
+            continue
         bpd = row["metrics"].get("bpd")
         if bpd and bpd.get("value") is not None:
             likelihood = f"{bpd['value']:.3f} ({bpd['kind']}, {bpd['n']})"
@@ -135,6 +138,7 @@ def figure(rows: list[dict], title: str, path: Path) -> None:
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
+    rows = [row for row in rows if "error" not in row]
     fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 3.3))
     for axis, row in zip(axes if len(rows) > 1 else [axes], rows):
         axis.imshow(mpimg.imread(row["grid"]), cmap="gray")
@@ -180,7 +184,12 @@ def main() -> None:
         path = out / "rows" / f"{family}.json"
         if args.reuse and path.is_file():
             return json.loads(path.read_text())
-        row = run()
+        try:
+            row = run()
+        except Exception as error:  # one family's failure is a row of the atlas, not the end of it
+            message = " ".join(str(error).split())[:200]
+            print(f"{family} FAILED: {type(error).__name__}: {message}", flush=True)
+            return {"family": family, "error": f"{type(error).__name__}: {message}"}  # not saved: --reuse retries
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(row, indent=2))
         return row

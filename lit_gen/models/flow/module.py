@@ -14,12 +14,15 @@ dequantization it adds ``log q(u | x)`` and is reported as a ``bound``.
 
 from __future__ import annotations
 
+
 import math
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lit_gen.errors import LitGenError
 from lit_gen.evaluation.likelihood import NLL, dequantize, discrete_nll_from_density, from_levels
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.flow.dequantization import VariationalDequantizer
@@ -27,6 +30,8 @@ from lit_gen.models.flow.glow import build_glow
 from lit_gen.models.flow.priors import PriorName, build_prior
 from lit_gen.models.flow.realnvp import build_realnvp
 from lit_gen.models.flow.transforms import CompositeTransform, Logit, ScalarAffine, Transform
+
+MAX_REDRAWS = 10  # rounds of redrawing latents whose inverse overflowed (see NormalizingFlow.sample)
 
 Preprocessing = Literal["logit", "centered", "none"]
 
@@ -131,8 +136,28 @@ class NormalizingFlow(GenerativeModule):
                generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
         """z ~ p(z) with its spread scaled by ``temperature``, mapped back through the flow; discrete data
         lands in the level whose dequantization bin holds it."""
-        z = self.prior.sample(num_samples, temperature, generator, device=self.device).to(self.dtype)
-        x, _ = self.flow.inverse(z.view(num_samples, *self.data_shape))
+        def inverse_of_fresh_latents(n: int) -> Tensor:
+            z = self.prior.sample(n, temperature, generator, device=self.device).to(self.dtype)
+            return self.flow.inverse(z.view(n, *self.data_shape))[0]
+
+        x = inverse_of_fresh_latents(num_samples)
+        # A briefly trained flow's inverse can leave the numbers on rare tail latents: an affine coupling
+        # divides by its scale sigmoid(h + 2), and h far outside training (an input of ~4000) makes it 0,
+        # in float64 too. Such latents are drawn again (said in a warning): the samples are then from the
+        # model conditioned on a finite inverse, the same distribution once the flow is trained.
+        redrawn = 0
+        for _ in range(MAX_REDRAWS):
+            overflowed = ~torch.isfinite(x).flatten(1).all(1)
+            if not overflowed.any():
+                break
+            redrawn += int(overflowed.sum())
+            x[overflowed] = inverse_of_fresh_latents(int(overflowed.sum()))
+        else:
+            raise LitGenError(f"{type(self).__name__}: the inverse flow stays non-finite after {MAX_REDRAWS} "
+                              f"redraws ({redrawn} latents redrawn for {num_samples} samples)")
+        if redrawn:
+            rank_zero_warn(f"{type(self).__name__}.sample: {redrawn} of {num_samples} latents overflowed the "
+                           "inverse flow and were drawn again (a briefly trained flow)")
         y, _ = self.preprocess.inverse(x)
         if self.num_levels is None:
             return y

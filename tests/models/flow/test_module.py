@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 
+from lit_gen.errors import LitGenError
 from lit_gen.evaluation.likelihood import dequantize, from_levels, to_levels
 from lit_gen.models.flow import Glow, NormalizingFlow, RealNVP
 from lit_gen.models.flow.dequantization import VariationalDequantizer
@@ -198,6 +199,33 @@ def test_sampling_inverts_the_flow_at_temperature_zero():
     a = model.sample(2, generator=torch.Generator().manual_seed(0), temperature=0.0)
     b = model.sample(2, generator=torch.Generator().manual_seed(1), temperature=0.0)
     assert torch.equal(a, b) and torch.equal(a[0], a[1])
+
+
+def test_latents_whose_inverse_overflows_are_drawn_again(monkeypatch):
+    """A briefly trained flow's inverse can turn a tail latent into inf/NaN: that sample is redrawn (with a
+    warning), deterministically from the same generator; an inverse that never becomes finite is an error."""
+    model = Glow(data_shape=(1, 8, 8), num_levels=17, num_scales=2, steps_per_scale=1, hidden_channels=8)
+    inverse, calls = model.flow.inverse, []
+
+    def first_sample_overflows(z, context=None):
+        x, logabsdet = inverse(z, context)
+        calls.append(z.shape[0])
+        if len(calls) == 1:
+            x = x.clone()
+            x[1] = float("nan")
+        return x, logabsdet
+
+    monkeypatch.setattr(model.flow, "inverse", first_sample_overflows)
+    with pytest.warns(UserWarning, match="1 of 4 latents overflowed"):
+        a = model.sample(4, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning):
+        calls.clear()
+        b = model.sample(4, generator=torch.Generator().manual_seed(0))
+    assert calls == [4, 1] and torch.isfinite(a).all() and torch.equal(a, b)
+
+    monkeypatch.setattr(model.flow, "inverse", lambda z, context=None: (torch.full_like(z, float("inf")), None))
+    with pytest.raises(LitGenError, match="stays non-finite"):
+        model.sample(2)
 
 
 def test_continuous_samples_and_bad_arguments():
