@@ -70,7 +70,7 @@ def test_16_mixed_fit_for_every_family(tmp_path, family):
 @pytest.mark.parametrize("family", ["vae", "autoregressive", "flow", "diffusion"])
 def test_mixed_precision_nll_matches_float32(family, dtype):
     """Networks may run in bf16 / fp16; likelihood terms and log-dets stay float32/64, so the NLL barely
-    moves. (Lightning's 16-mixed also scales the loss, which needs a GPU; the numerics are checked here.)
+    moves. (The 16-mixed training path, with its loss scaler, is fitted by test_16_mixed_fit_for_every_family.)
 
     Weights are perturbed away from their initialisation first: zero-initialised output layers (flows,
     diffusion) would make the comparison trivially exact.
