@@ -3,14 +3,15 @@
 For each family's digits config, the model, datamodule and optimizer come from the config exactly as
 ``lit-gen fit`` builds them. Two copies of the same initial model then train for ``--steps`` steps:
 (a) through lit-gen's Trainer (the config's trainer with logging, loss checks and LR schedule; no
-validation, no progress bar, no EMA: what a step costs; epoch-end checkpoints are included), (b) in a plain loop calling the same
-``loss`` (the GAN: the same discriminator and generator updates). The two alternate ``--repeats`` times so
-machine load hits both alike. Goal: <= 1.05 for the step time: the median over steps of one step's wall
-time (batch start to the next batch start, data loading included), medians over repeats. Also printed:
-the whole window from the 6th batch's start to the last batch's end divided by its steps, which adds the
-epoch-end work (lit-gen's checkpoint after every epoch: digits epochs are only ~21 steps long, so its
-share there is far above what an MNIST epoch of ~900 steps sees). ``--device cuda`` and ``--precision bf16-mixed`` run both on a GPU and under
-bf16 autocast (run twice for the bf16 / fp32 speed-up).
+validation, no progress bar, no EMA; epoch-end checkpoints included), (b) in a plain loop calling the
+same ``loss`` (the GAN: the same discriminator and generator updates). The two alternate ``--repeats``
+times so machine load hits both alike. Goal: <= 1.05 for the step time: the median over steps of one
+step's wall time (batch start to the next batch start, data loading included), medians over repeats.
+Also printed: the whole window from the 6th batch's start to the last batch's end divided by its steps,
+which adds the epoch-end work (lit-gen's checkpoint after every epoch: digits epochs are only ~21 steps
+long, so its share there is far above what an MNIST epoch of ~900 steps sees). ``--device cuda`` and
+``--precision bf16-mixed`` run both on a GPU and under bf16 autocast (run twice for the bf16 / fp32
+speed-up).
 
     python benchmarks/framework_overhead.py                       # every family, 60 steps x 3 repeats
     python benchmarks/framework_overhead.py --families vae gan --steps 30

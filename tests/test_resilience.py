@@ -53,21 +53,25 @@ def assert_same_tensors(a, b, where: str) -> None:
             assert_same_tensors(x, y, f"{where}[{i}]")
 
 
+def straight_and_resumed(tmp_path: Path, common: list[str], epochs: int) -> tuple[dict, dict]:
+    """Last checkpoints of a run of ``epochs`` epochs and of one stopped after 2 and resumed to ``epochs``."""
+    runs = (("straight", epochs, []), ("resumed", 2, []), ("resumed", epochs, ["--ckpt_path=last"]))
+    for run, stop, resume in runs:
+        assert run_cli(["fit", *common, *quiet_trainer_args(tmp_path, run), f"--trainer.max_epochs={stop}",
+                        *resume]) == 0
+    straight = torch.load(last_checkpoint(tmp_path / "straight"), weights_only=True)
+    resumed = torch.load(last_checkpoint(tmp_path / "resumed"), weights_only=True)
+    assert straight["global_step"] == resumed["global_step"] > 0
+    return straight, resumed
+
+
 @pytest.mark.parametrize("family", list(TINY_FAMILIES))
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, family):
     config, tiny = TINY_FAMILIES[family]
     ema = tmp_path / "ema.yaml"
     ema.write_text(EMA_FROM_STEP_1)
     configs = ["--config", str(config), *(["--config", str(ema)] if family in ("diffusion", "gan") else [])]
-    common = [*configs, *tiny, *SHORT]
-    assert run_cli(["fit", *common, *quiet_trainer_args(tmp_path, "straight"), "--trainer.max_epochs=4"]) == 0
-    assert run_cli(["fit", *common, *quiet_trainer_args(tmp_path, "resumed"), "--trainer.max_epochs=2"]) == 0
-    assert run_cli(["fit", *common, *quiet_trainer_args(tmp_path, "resumed"), "--trainer.max_epochs=4",
-                    "--ckpt_path=last"]) == 0
-
-    straight = torch.load(last_checkpoint(tmp_path / "straight"), weights_only=True)
-    resumed = torch.load(last_checkpoint(tmp_path / "resumed"), weights_only=True)
-    assert straight["global_step"] == resumed["global_step"] > 0
+    straight, resumed = straight_and_resumed(tmp_path, [*configs, *tiny, *SHORT], epochs=4)
     # Same weights after the same steps means the resumed run saw the same losses and gradients.
     assert_same_tensors(straight["state_dict"], resumed["state_dict"], "state_dict")
     assert_same_tensors(straight["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
@@ -87,14 +91,7 @@ def test_two_process_ebm_resumes_every_ranks_chains(tmp_path):
     config, tiny = TINY_FAMILIES["ebm"]
     ddp = ["--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"]
     common = ["--config", str(config), *tiny, *SHORT, *ddp]
-    assert run_cli(["fit", *common, *quiet_trainer_args(tmp_path, "straight"), "--trainer.max_epochs=3"]) == 0
-    assert run_cli(["fit", *common, *quiet_trainer_args(tmp_path, "resumed"), "--trainer.max_epochs=2"]) == 0
-    assert run_cli(["fit", *common, *quiet_trainer_args(tmp_path, "resumed"), "--trainer.max_epochs=3",
-                    "--ckpt_path=last"]) == 0
-
-    straight = torch.load(last_checkpoint(tmp_path / "straight"), weights_only=True)
-    resumed = torch.load(last_checkpoint(tmp_path / "resumed"), weights_only=True)
-    assert straight["global_step"] == resumed["global_step"] > 0
+    straight, resumed = straight_and_resumed(tmp_path, common, epochs=3)
     buffers = [straight["lit_gen_replay_buffer"], *straight["lit_gen_replay_buffers_other_ranks"]]
     assert len(buffers) == 2 and not torch.equal(buffers[0]["samples"], buffers[1]["samples"])
     for key in ("state_dict", "optimizer_states", "lit_gen_replay_buffer", "lit_gen_replay_buffers_other_ranks"):
