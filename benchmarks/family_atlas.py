@@ -2,8 +2,8 @@
 
 For each family, ``configs/<family>/<dataset>.yaml`` is trained through the lit-gen CLI for at most
 ``--minutes`` of wall time (``lit-gen fit ... --trainer.max_time``, no validation; the config's epochs
-may end it sooner), then ``lit-gen test --ckpt_path last`` evaluates it with one protocol for all: test NLL / bits/dim
-with its kind where a likelihood exists (N stated), and FID, KID, precision and recall of N samples against
+may end it sooner), then ``lit-gen test`` evaluates the weights at the budget's end with one protocol for
+all: test NLL / bits/dim with its kind where a likelihood exists (N stated), and FID, KID, precision and recall of N samples against
 N training images. The factorized per-pixel baseline is fitted in closed form and evaluated by the same
 callback. Writes the seed survey's comparison table with measured numbers as ``atlas_<dataset>.md``, a
 figure with a sample grid per family (``atlas_<dataset>.png``) and ``atlas_<dataset>.json``.

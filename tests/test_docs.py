@@ -41,7 +41,8 @@ TINY_RUN = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trai
             "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false",
             "--evaluation.every_n_epochs=0", "--evaluation.test_num_samples=4", "--evaluation.sample_batch_size=4",
             "--data.init_args.predict_num_samples=4"]
-RUNNABLE_HERE = ("quickstart.yaml", "digits.yaml", "trainer/cpu.yaml", "trainer/bf16.yaml", "evaluation/against_test.yaml")
+RUNNABLE_HERE = ("quickstart.yaml", "digits.yaml", "trainer/cpu.yaml", "trainer/bf16.yaml", "trainer/fp16_cpu.yaml",
+                 "evaluation/against_test.yaml")
 
 
 def command_lines(markdown: str) -> list[str]:

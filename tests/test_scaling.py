@@ -58,10 +58,7 @@ def test_16_mixed_fit_for_every_family(tmp_path, family):
     same plugin is built for the CPU here: the scaled backward, unscaling, skipped steps and (GAN) manual
     optimization all run for real."""
     config, tiny = TINY_FAMILIES[family]
-    fp16 = tmp_path / "fp16_cpu.yaml"
-    fp16.write_text("trainer:\n  plugins:\n"
-                    "    - class_path: lightning.pytorch.plugins.precision.MixedPrecision\n"
-                    "      init_args: {precision: 16-mixed, device: cpu}\n")
+    fp16 = TRAINER_CONFIGS / "fp16_cpu.yaml"
     assert run_cli(["fit", "--config", str(config), "--config", str(fp16), *quiet_trainer_args(tmp_path),
                     *tiny, *NO_EVAL, "--trainer.max_steps=3", "--trainer.limit_val_batches=1"]) == 0
 

@@ -164,9 +164,9 @@ class LevelTensorDataset(Dataset):
         return x, self.labels[index]
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """A whole batch in one indexing op (the DataLoader calls this when it exists): per-item
-        ``__getitem__`` calls cost a few milliseconds per batch, which small models notice. Same values and
-        the same transform order as item by item."""
+        """A whole batch in one indexing op (the DataLoader calls this when it exists): half the time of one
+        ``__getitem__`` per example on digits (benchmarks/data_loading.py). Same values and the same
+        transform order as item by item."""
         index = torch.as_tensor(indices, dtype=torch.long)
         xs = (self.levels[index].to(torch.float32) / self.scale).unbind(0)
         if self.transform is not None:

@@ -14,7 +14,6 @@ dequantization it adds ``log q(u | x)`` and is reported as a ``bound``.
 
 from __future__ import annotations
 
-
 import math
 from typing import Any, Literal
 
@@ -150,8 +149,9 @@ class NormalizingFlow(GenerativeModule):
             overflowed = ~torch.isfinite(x).flatten(1).all(1)
             if not overflowed.any():
                 break
-            redrawn += int(overflowed.sum())
-            x[overflowed] = inverse_of_fresh_latents(int(overflowed.sum()))
+            count = int(overflowed.sum())
+            redrawn += count
+            x[overflowed] = inverse_of_fresh_latents(count)
         else:
             raise LitGenError(f"{type(self).__name__}: the inverse flow stays non-finite after {MAX_REDRAWS} "
                               f"redraws ({redrawn} latents redrawn for {num_samples} samples)")
