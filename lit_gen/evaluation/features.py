@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from lit_gen.errors import WeightsNotFoundError
+from lit_gen.evaluation.precision import full_float32_convolutions
 
 __all__ = [
     "EXTRACTOR_ID",
@@ -202,11 +203,27 @@ def atomic_torch_save(obj, dst: Path) -> None:
         raise
 
 
-def _converted_path_for(src: Path) -> Path:
-    """Cache file for a converted TorchScript source; keyed by path+size+mtime so edits reconvert."""
+_CONTENT_TAGS: dict[tuple[str, int, int], str] = {}
+
+
+def _content_tag(src: Path) -> str:
+    """First 12 hex digits of the file's SHA-256, hashed once per process and file version."""
     st = src.stat()
-    tag = hashlib.sha256(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / "weights" / f"inception-2015-12-05-from-{src.stem}-{tag}.pth"
+    key = (str(src.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _CONTENT_TAGS:
+        digest = hashlib.sha256()
+        with open(src, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _CONTENT_TAGS[key] = digest.hexdigest()[:12]
+    return _CONTENT_TAGS[key]
+
+
+def _converted_path_for(src: Path) -> Path:
+    """Cache file for a converted TorchScript source, keyed by its content: every virtual environment
+    that installs the same package shares one converted copy (a path or mtime key made a new ~96 MB file
+    per install), and an edited source is converted again."""
+    return cache_dir() / "weights" / f"inception-2015-12-05-from-{src.stem}-{_content_tag(src)}.pth"
 
 
 def _convert_cached(src: Path) -> Path:
@@ -298,8 +315,11 @@ class InceptionFeatures(torch.nn.Module):
 
     extractor_id: str = EXTRACTOR_ID
 
-    def __init__(self, weights_path: str | os.PathLike | None = None):
+    def __init__(self, weights_path: str | os.PathLike | None = None, allow_tf32: bool = False):
         super().__init__()
+        # cuDNN's default on Ampere and later GPUs is TF32 for float32 convolutions: GPU features would differ
+        # from the CPU's and the reference's. Kept as a switch only to measure that difference.
+        self.allow_tf32 = allow_tf32
         # Imported lazily: torch_fidelity pulls in its registries and datasets at import time.
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
@@ -326,8 +346,9 @@ class InceptionFeatures(torch.nn.Module):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         device = self.device
         out = []
-        # Autocast would run the convs in half precision and change the numbers: force float32.
-        with torch.autocast(device_type=device.type, enabled=False):
+        # Autocast would run the convs in half precision and TF32 in 10-bit-mantissa float32; the reference
+        # network is float32 throughout, so force both off.
+        with torch.autocast(device_type=device.type, enabled=False), full_float32_convolutions(self.allow_tf32):
             for chunk in images.split(batch_size):
                 x = quantize_images(chunk.detach()).to(device, non_blocking=True)
                 if x.shape[1] == 1:

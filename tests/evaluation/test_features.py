@@ -83,6 +83,21 @@ def test_explicit_torchscript_path_reuses_conversion(helper_ts, converted, lit_c
     assert not [p for p in converted.parent.iterdir() if p.suffix == ".tmp"]
 
 
+def test_a_copy_of_the_same_weights_elsewhere_reuses_the_conversion(helper_ts, converted, lit_cache, monkeypatch,
+                                                                   tmp_path):
+    """Another virtual environment installs the same file at another path with another mtime: one cached
+    conversion serves both (a path-keyed cache grew by ~96 MB per environment)."""
+    import shutil
+
+    monkeypatch.setenv("LIT_GEN_CACHE", str(lit_cache))
+    elsewhere = tmp_path / "other-venv" / helper_ts.name
+    elsewhere.parent.mkdir()
+    shutil.copy(helper_ts, elsewhere)
+    before = sorted(converted.parent.iterdir())
+    assert resolve_inception_weights(elsewhere) == converted
+    assert sorted(converted.parent.iterdir()) == before
+
+
 def test_explicit_missing_path_names_it(tmp_path):
     missing = tmp_path / "nope" / "inception.pth"
     with pytest.raises(WeightsNotFoundError) as info:
