@@ -28,8 +28,8 @@ from torch import Tensor
 from lit_gen import __version__
 from lit_gen.errors import CheckpointError, LitGenError
 from lit_gen.evaluation.likelihood import NLL, bits_per_dim, dequantize
+from lit_gen.evaluation.precision import full_float32_convolutions
 from lit_gen.evaluation.sampling import chunk_labels, draw_chunk
-
 
 RNG_KEY = "lit_gen_rng_states"
 
@@ -129,6 +129,8 @@ class GenerativeModule(L.LightningModule):
         self.sample_kwargs = dict(sample_kwargs or {})
         self.compile_networks = compile
         self._split_sums: dict[str, dict[str, Tensor]] = {}  # stage -> metric -> [sum, count] (float64)
+        self._train_sums: dict[str, Tensor] = {}  # this epoch's training terms: name -> float64 sum
+        self._train_counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ data
     @property
@@ -185,13 +187,47 @@ class GenerativeModule(L.LightningModule):
         terms = out if isinstance(out, dict) else {"loss": out}
         if "loss" not in terms:
             raise LitGenError(f"{type(self).__name__}.loss() returned a dict without a 'loss' entry")
-        for name, value in terms.items():
-            if stage == "train":
-                self.log(f"train/{name}", value.detach() if name != "loss" else value, prog_bar=name == "loss",
-                         on_step=True, on_epoch=True, batch_size=batch_size)
-            else:
+        if stage == "train":
+            self._log_train_terms(terms, batch_size)
+        else:
+            for name, value in terms.items():
                 self._accumulate(stage, name, value.detach().double() * batch_size, batch_size)
         return terms["loss"]
+
+    def _log_train_terms(self, terms: dict[str, Tensor], batch_size: int) -> None:
+        """One training step's terms: summed for their epoch means, handed to the logger on the steps it
+        writes (every ``log_every_n_steps``: ``train/<name>_step``), the loss to the progress bar.
+
+        Lightning's ``self.log`` costs about half a millisecond a call in its own bookkeeping; one call per
+        term at every step made a small model's GPU step 10-50 % slower than a hand-written loop
+        (benchmarks/framework_overhead.py). The epoch means (``train/<name>_epoch``) are float64 sums
+        over every example of every rank, logged by :meth:`_log_train_epoch_means`.
+        """
+        for name, value in terms.items():
+            total = value.detach().double() * batch_size
+            previous = self._train_sums.get(name)
+            self._train_sums[name] = total if previous is None else previous.add_(total)
+            self._train_counts[name] = self._train_counts.get(name, 0) + batch_size
+        connector = getattr(self.trainer, "_logger_connector", None)  # Lightning's rule for when it writes
+        if self.logger is not None and (connector is None or connector.should_update_logs):
+            self.log_dict({f"train/{name}_step": value.detach() for name, value in terms.items()},
+                          on_step=True, on_epoch=False, batch_size=batch_size)
+        if "loss" in terms and self.trainer.progress_bar_callback is not None:
+            self.log("loss", terms["loss"].detach(), prog_bar=True, logger=False, on_step=True, on_epoch=False,
+                     batch_size=batch_size)
+
+    def _log_train_epoch_means(self) -> None:
+        names = sorted(self._train_sums)
+        if not names:
+            return
+        stacked = torch.stack([torch.stack([self._train_sums[name], self._train_sums[name].new_tensor(
+            float(self._train_counts[name]))]) for name in names])
+        self._train_sums, self._train_counts = {}, {}
+        if self.trainer.world_size > 1:
+            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
+        for name, (total, count) in zip(names, stacked):
+            self.log(f"train/{name}_epoch", total / count, on_epoch=True, sync_dist=True)
+            self.log(f"train/{name}", total / count, logger=False, on_epoch=True, sync_dist=True)  # for monitors
 
     def _accumulate(self, stage: str, name: str, total: Tensor, count: int) -> None:
         """Add to the split's running (sum, count) of a metric; logged as sum / count at epoch end."""
@@ -250,7 +286,8 @@ class GenerativeModule(L.LightningModule):
         self._log_loss(stage, self.loss(x, labels), x.shape[0])
         if not self.has_likelihood:
             return
-        out = self.nll(x, labels, **self.eval_nll_kwargs(stage))
+        with full_float32_convolutions():  # reported likelihoods do not depend on the GPU's TF32 setting
+            out = self.nll(x, labels, **self.eval_nll_kwargs(stage))
         self._log_nll(stage, "nll", out.nats)
         for name, (nats, _kind) in out.terms.items():
             self._log_nll(stage, name, nats)
@@ -314,7 +351,11 @@ class GenerativeModule(L.LightningModule):
             np.random.seed(seed)
             random.seed(seed)
 
+    def on_train_epoch_end(self) -> None:
+        self._log_train_epoch_means()
+
     def on_train_epoch_start(self) -> None:
+        self._train_sums, self._train_counts = {}, {}
         # Restored here, not at load time: the sanity check and the EMA/evaluation setup that run between
         # loading and the first training batch would otherwise consume the restored stream.
         states = getattr(self, "_resume_rng_states", None)

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 
 from lit_gen.models.base import collect_rng_state, restore_rng_state
 from lit_gen.models.vae import VAE
@@ -39,3 +40,66 @@ def test_compile_keeps_parameter_names_and_results():
     torch.manual_seed(1)
     got = compiled.loss(x)["loss"]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+class RecordingLogger(Logger):
+    """Keeps every ``log_metrics`` call: (step, metrics)."""
+
+    def __init__(self, save_dir):
+        super().__init__()
+        self.calls: list[tuple[int, dict[str, float]]] = []
+        self._save_dir = str(save_dir)
+
+    name, version = "recording", 0
+
+    @property
+    def save_dir(self):
+        return self._save_dir
+
+    def log_metrics(self, metrics, step=None):
+        self.calls.append((step, dict(metrics)))
+
+    def log_hyperparams(self, *args, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_training_terms_reach_the_logger_every_n_steps_and_as_exact_epoch_means(family, tmp_path):
+    """Each step's terms are handed to the logger on the steps it writes (``log_every_n_steps``) and as
+    float64 epoch means over the epoch's examples (the last batch is smaller)."""
+    from lit_gen.cli import LitGenCLI
+    from tests.conftest import TINY_FAMILIES
+
+    config, tiny = TINY_FAMILIES[family]
+    cli = LitGenCLI(args=["--config", str(config), *tiny, "--trainer.max_epochs=2", "--trainer.log_every_n_steps=2",
+                          "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
+                          "--trainer.enable_progress_bar=false", "--checkpoint.monitor=null",
+                          "--trainer.callbacks=[]", "--evaluation.every_n_epochs=0", "--data.init_args.batch_size=300",
+                          f"--trainer.default_root_dir={tmp_path}"], run=False)
+    model, logger = cli.model, RecordingLogger(tmp_path)
+    cli.trainer.loggers = [logger]
+    steps = []  # (epoch, batch size, {name: value}) of every training step, as the model reported them
+    original = model._log_train_terms
+
+    def record(terms, batch_size):
+        steps.append((model.current_epoch, batch_size, {k: float(v) for k, v in terms.items()}))
+        original(terms, batch_size)
+
+    model._log_train_terms = record
+    cli.trainer.fit(model, datamodule=cli.datamodule)
+
+    sizes = {size for _, size, _ in steps}
+    assert len(sizes) == 2, "the epoch must end on a smaller batch for the mean to be tested"
+    step_logs = [(step, m) for step, m in logger.calls if any(k.endswith("_step") for k in m)]
+    assert [step for step, _ in step_logs] == [i for i in range(len(steps)) if (i + 1) % 2 == 0]
+    for step, metrics in step_logs:
+        for name, value in steps[step][2].items():
+            assert metrics[f"train/{name}_step"] == pytest.approx(value, rel=1e-6)
+    epoch_logs = [m for _, m in logger.calls if any(k.endswith("_epoch") for k in m)]
+    assert len(epoch_logs) == 2
+    for epoch, metrics in enumerate(epoch_logs):
+        rows = [(size, terms) for e, size, terms in steps if e == epoch]
+        for name in rows[0][1]:
+            expected = sum(size * terms[name] for size, terms in rows) / sum(size for size, _ in rows)
+            assert metrics[f"train/{name}_epoch"] == pytest.approx(expected, rel=1e-6), name
+    assert "train/loss" in cli.trainer.callback_metrics or family == "gan"

@@ -206,8 +206,7 @@ class GAN(GenerativeModule):
             d_opt.zero_grad()
             self.manual_backward(d_terms["loss"])
             d_opt.step()  # clipped in on_before_optimizer_step
-        logged = {f"train/discriminator_{k}" if k == "loss" else f"train/{k}": v.detach()
-                  for k, v in d_terms.items()}
+        logged = {"discriminator_loss" if k == "loss" else k: v.detach() for k, v in d_terms.items()}
         if batch_idx % self.n_critic == 0:
             with self.toggled_optimizer(g_opt):
                 g_loss = self.generator_loss(x.shape[0], labels)
@@ -215,8 +214,8 @@ class GAN(GenerativeModule):
                 g_opt.zero_grad()
                 self.manual_backward(g_loss)
                 g_opt.step()
-            logged["train/generator_loss"] = g_loss.detach()
-        self.log_dict(logged, on_step=True, on_epoch=True, batch_size=x.shape[0])
+            logged["generator_loss"] = g_loss.detach()
+        self._log_train_terms(logged, x.shape[0])
         if self.lr_scheduler_interval == "step":
             self._step_schedulers()
 
@@ -227,6 +226,7 @@ class GAN(GenerativeModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_norm, gradient_clip_algorithm="norm")
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         if self.lr_scheduler_interval == "epoch":
             self._step_schedulers()
 
