@@ -3,7 +3,12 @@
 Goals: relative FID difference <= 1e-3; lit-gen time / torch-fidelity time <= 1.1; second lit-gen
 evaluation (real features from FeatureCache) / first <= 0.5.
 
+On a GPU (``--device cuda``) both run there; lit-gen's value is also computed on the CPU and with cuDNN's
+default TF32 convolutions (lit-gen turns TF32 off for the Inception network; torch-fidelity does not), to
+show what that switch changes.
+
     python benchmarks/fid_vs_torch_fidelity.py --num 200 --image-size 32
+    python benchmarks/fid_vs_torch_fidelity.py --num 1000 --device cuda
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import tempfile
 import time
 
 import torch
-from bench_common import cpu_model
+from bench_common import cpu_model, synchronize
 
 
 def waves(n: int, c: int, size: int, seed: int) -> torch.Tensor:
@@ -61,6 +66,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1, help="alternated repeats; the minimum time is kept")
     ap.add_argument("--weights", default=None, help="Inception weights: .pth state dict or TorchScript .pt")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (torch-fidelity's cuda=True uses 'cuda')")
     args = ap.parse_args()
 
     import torch_fidelity
@@ -73,7 +79,11 @@ def main() -> None:
           f"({torch.get_num_threads()} threads) | torch-fidelity {torch_fidelity.__version__} | "
           f"python {platform.python_version()}")
     n, c, s = args.num, args.channels, args.image_size
-    print(f"images: {n} real (waves) vs {n} fake (blobs), {c}x{s}x{s}, batch {args.batch_size}, CPU")
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    if gpu:
+        print(f"GPU: {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})")
+    print(f"images: {n} real (waves) vs {n} fake (blobs), {c}x{s}x{s}, batch {args.batch_size}, {device}")
 
     weights = resolve_inception_weights(args.weights)
     print(f"weights: {weights}")
@@ -83,9 +93,10 @@ def main() -> None:
     # Warm-up outside every timed region (oneDNN kernel selection, lazy imports), so neither side pays it.
     warm = FeatureExtractorInceptionV3(
         "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights)
-    )
+    ).to(device)
     with torch.no_grad():
-        warm(Uint8Images(real_u8)[0:2])
+        warm(Uint8Images(real_u8)[0:2].to(device))
+    synchronize(args.device)
     del warm
 
     def run_torch_fidelity() -> float:
@@ -96,7 +107,7 @@ def main() -> None:
             fid=True,
             feature_extractor_weights_path=str(weights),
             batch_size=args.batch_size,
-            cuda=False,
+            cuda=gpu,
             verbose=False,
             cache=False,
             save_cpu_ram=True,  # in-memory data: no DataLoader worker processes, like lit-gen
@@ -105,7 +116,7 @@ def main() -> None:
     def run_lit_gen(net: InceptionFeatures | None, cache: FeatureCache) -> tuple[float, InceptionFeatures]:
         """One evaluation as a training loop does it: real features from the cache when present."""
         if net is None:  # the first evaluation in a process builds the network, as torch-fidelity does
-            net = InceptionFeatures(weights)
+            net = InceptionFeatures(weights).to(device)
         key = cache.key("bench-waves", "all", net.extractor_id, n, size=s, channels=c)
         real = cache.load(key)
         if real is None:
@@ -116,6 +127,7 @@ def main() -> None:
     def timed(fn, *a):
         w, p = time.perf_counter(), time.process_time()
         out = fn(*a)
+        synchronize(args.device)
         return out, time.perf_counter() - w, time.process_time() - p
 
     # Alternate the three runs and keep each one's minimum: other load on a shared machine only adds time.
@@ -130,7 +142,8 @@ def main() -> None:
             (ours2, _), *t = timed(run_lit_gen, net, cache)  # real features from the cache
             t_second.append(t)
             assert (cache.misses, cache.hits) == (1, 1)
-        del net
+        if not gpu:
+            del net
 
     rel = abs(ours - ref) / abs(ref)
     mark = lambda ok: "ok" if ok else "MISSED"  # noqa: E731
@@ -145,6 +158,15 @@ def main() -> None:
               f"second/first {cached:.3f} (goal <= 0.5: {mark(cached <= 0.5)})")
     print(f"second evaluation FID {ours2:.6f} (must equal the first: {mark(ours2 == ours)}); "
           f"times are the min over {args.repeats} alternated repeat(s); cpu = this process's CPU seconds")
+    if gpu:
+        # The same lit-gen FID three ways: float32 on the CPU (the reference), cuDNN's TF32 default on the GPU.
+        on_cpu = fid(*(InceptionFeatures(weights)(x, batch_size=args.batch_size) for x in (real_f, fake_f)))
+        net.allow_tf32 = True
+        tf32 = fid(*(net(x, batch_size=args.batch_size) for x in (real_f, fake_f)))
+        for name, value in (("lit-gen on the GPU", ours), ("torch-fidelity on the GPU", ref),
+                            ("lit-gen on the GPU with TF32 convs", tf32)):
+            print(f"{name:36s} {value:.6f}  rel diff to lit-gen on the CPU ({on_cpu:.6f}): "
+                  f"{abs(value - on_cpu) / abs(on_cpu):.2e}")
 
 
 if __name__ == "__main__":
