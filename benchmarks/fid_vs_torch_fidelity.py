@@ -142,8 +142,6 @@ def main() -> None:
             (ours2, _), *t = timed(run_lit_gen, net, cache)  # real features from the cache
             t_second.append(t)
             assert (cache.misses, cache.hits) == (1, 1)
-        if not gpu:
-            del net
 
     rel = abs(ours - ref) / abs(ref)
     mark = lambda ok: "ok" if ok else "MISSED"  # noqa: E731

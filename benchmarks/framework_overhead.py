@@ -17,11 +17,14 @@ step <= 1.05, over ``--steps`` steps after 5 warm-up steps. Also printed: the me
 the rare slow steps (lit-gen's checkpoint at every epoch end: digits epochs are only ~21 steps long, so
 its share there is far above an MNIST epoch's of ~470 steps). ``--device cuda`` and ``--precision
 bf16-mixed`` run both on a GPU and under bf16 autocast (run twice for the bf16 / fp32 speed-up).
+``--log-every-step`` is the ablation of lit-gen's step logging: every training term through Lightning's
+``self.log`` at every step (on_step and on_epoch), as lit-gen logged them before.
 
     python benchmarks/framework_overhead.py                       # every family, 200 steps each
     python benchmarks/framework_overhead.py --families vae gan --steps 100
     python benchmarks/framework_overhead.py --device cuda --precision bf16-mixed
     python benchmarks/framework_overhead.py --dataset mnist --root /tmp/mnist --device cuda
+    python benchmarks/framework_overhead.py --log-every-step        # the logging ablation
 """
 
 from __future__ import annotations
@@ -125,6 +128,19 @@ class PlainLoop:
         self.count += 1
 
 
+def log_every_term_every_step() -> None:
+    """The logging ablation: lit-gen's training terms each through ``self.log`` at every step, on_step and
+    on_epoch (Lightning then keeps the epoch means; lit-gen's own sums stay empty)."""
+    from lit_gen.models.base import GenerativeModule
+
+    def log_terms(self, terms, batch_size):
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", on_step=True, on_epoch=True,
+                     batch_size=batch_size)
+
+    GenerativeModule._log_train_terms = log_terms
+
+
 def interleaved_steps(cli, plain: PlainLoop, steps: int, device: str) -> tuple[list[float], list[float]]:
     """Seconds of each lit-gen step and each hand-written step, one of each in turn, warm-up excluded."""
     from lightning.pytorch.callbacks import Callback
@@ -167,12 +183,16 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits", choices=["digits", "mnist", "fashion_mnist"],
                         help="which configs/<family>/<dataset>.yaml (the 28x28 ones need --root)")
     parser.add_argument("--root", default=None, help="data directory of the MNIST / Fashion-MNIST files")
+    parser.add_argument("--log-every-step", action="store_true",
+                        help="ablation: every training term through self.log at every step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.log_every_step:
+        log_every_term_every_step()
 
     print(machine_line(args.threads, args.device) + f", precision {args.precision}")
     print(f"configs/<family>/{args.dataset}.yaml, {args.steps} interleaved steps of each after {WARMUP} warm-up "
-          "steps\n")
+          "steps" + (", ABLATION: every term through self.log at every step" if args.log_every_step else "") + "\n")
     print(f"{'':<15} {'median step (ms)':^26} {'mean step (ms)':^26}")
     print(f"{'family':<15} {'lit-gen':>8} {'plain':>8} {'ratio':>8} {'lit-gen':>8} {'plain':>8} {'ratio':>8}"
           "   goal: median ratio <= 1.05")

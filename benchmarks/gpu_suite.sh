@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# lit-gen's GPU checks and GPU benchmarks in one run on one CUDA GPU (about 6 minutes on an H100 / H200):
+# lit-gen's GPU checks and GPU benchmarks in one run on one CUDA GPU (about 5 minutes on an H200):
 # the GPU tests (every family fitted in fp32 / bf16-mixed / 16-mixed, test and predict from the checkpoint,
 # sampling on the device, Inception features equal to the CPU's), FID vs torch-fidelity on the GPU,
 # images/s in fp32 and bf16, and the framework overhead on the MNIST configs in fp32 and bf16.

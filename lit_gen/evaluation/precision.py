@@ -18,19 +18,11 @@ __all__ = ["full_float32_convolutions"]
 @contextlib.contextmanager
 def full_float32_convolutions(allow_tf32: bool = False):
     """cuDNN float32 convolutions in full float32 (``allow_tf32=False``) for the block; the previous setting
-    is restored after. Uses the per-operation ``fp32_precision`` switch where torch has it (>= 2.9)."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        old = conv.fp32_precision
-        conv.fp32_precision = "tf32" if allow_tf32 else "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision = old
-    else:
-        old = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = allow_tf32
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32 = old
+    is restored after."""
+    conv = torch.backends.cudnn.conv
+    old = conv.fp32_precision
+    conv.fp32_precision = "tf32" if allow_tf32 else "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision = old

@@ -128,9 +128,10 @@ class GenerativeModule(L.LightningModule):
         self.lr_scheduler_interval = lr_scheduler_interval
         self.sample_kwargs = dict(sample_kwargs or {})
         self.compile_networks = compile
-        self._split_sums: dict[str, dict[str, Tensor]] = {}  # stage -> metric -> [sum, count] (float64)
-        self._train_sums: dict[str, Tensor] = {}  # this epoch's training terms: name -> float64 sum
-        self._train_counts: dict[str, int] = {}
+        # stage -> metric -> float64 sum on the device, and its number of examples (a host int: no copy to
+        # the device at every step)
+        self._split_sums: dict[str, dict[str, Tensor]] = {}
+        self._split_counts: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ data
     @property
@@ -204,10 +205,7 @@ class GenerativeModule(L.LightningModule):
         over every example of every rank, logged by :meth:`_log_train_epoch_means`.
         """
         for name, value in terms.items():
-            total = value.detach().double() * batch_size
-            previous = self._train_sums.get(name)
-            self._train_sums[name] = total if previous is None else previous.add_(total)
-            self._train_counts[name] = self._train_counts.get(name, 0) + batch_size
+            self._accumulate("train", name, value.detach().double() * batch_size, batch_size)
         connector = getattr(self.trainer, "_logger_connector", None)  # Lightning's rule for when it writes
         if self.logger is not None and (connector is None or connector.should_update_logs):
             self.log_dict({f"train/{name}_step": value.detach() for name, value in terms.items()},
@@ -217,51 +215,55 @@ class GenerativeModule(L.LightningModule):
                      batch_size=batch_size)
 
     def _log_train_epoch_means(self) -> None:
-        names = sorted(self._train_sums)
-        if not names:
-            return
-        stacked = torch.stack([torch.stack([self._train_sums[name], self._train_sums[name].new_tensor(
-            float(self._train_counts[name]))]) for name in names])
-        self._train_sums, self._train_counts = {}, {}
-        if self.trainer.world_size > 1:
-            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
-        for name, (total, count) in zip(names, stacked):
+        for name, (total, count) in self._split_totals("train").items():
             self.log(f"train/{name}_epoch", total / count, on_epoch=True, sync_dist=True)
             self.log(f"train/{name}", total / count, logger=False, on_epoch=True, sync_dist=True)  # for monitors
 
     def _accumulate(self, stage: str, name: str, total: Tensor, count: int) -> None:
-        """Add to the split's running (sum, count) of a metric; logged as sum / count at epoch end."""
-        sums = self._split_sums.setdefault(stage, {})
-        previous = sums.get(name)
-        update = torch.stack([total.sum().double(), total.new_tensor(float(count), dtype=torch.float64)])
-        sums[name] = update if previous is None else previous + update
+        """Add to the split's running sum of a metric and its number of examples."""
+        sums, counts = self._split_sums.setdefault(stage, {}), self._split_counts.setdefault(stage, {})
+        total = total.sum().double()
+        sums[name] = total if name not in sums else sums[name] + total
+        counts[name] = counts.get(name, 0) + count
 
-    def _log_split_means(self, stage: str) -> None:
-        """Exact split means over every example on every rank, in float64.
+    def _reset_split(self, stage: str) -> None:
+        self._split_sums.pop(stage, None)
+        self._split_counts.pop(stage, None)
+
+    def _split_totals(self, stage: str) -> dict[str, tuple[Tensor, Tensor]]:
+        """Each metric's (sum, number of examples) over every example on every rank, in float64; the split's
+        running sums are cleared.
 
         Lightning's own synced mean divides by an integer mean of per-rank batch sizes, which truncates
         when ranks hold different numbers of examples (as the unrepeated evaluation sampler gives them).
         """
-        sums = self._split_sums.pop(stage, {})
+        sums, counts = self._split_sums.get(stage, {}), self._split_counts.get(stage, {})
+        self._reset_split(stage)
         if not sums:
-            return
+            return {}
         names = sorted(sums)
-        stacked = torch.stack([sums[name] for name in names])
+        stacked = torch.stack([torch.stack([sums[name], sums[name].new_tensor(float(counts[name]))])
+                               for name in names])
         if self.trainer.world_size > 1:
             stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
-        for name, (total, count) in zip(names, stacked):
+        return {name: (total, count) for name, (total, count) in zip(names, stacked)}
+
+    def _log_split_means(self, stage: str) -> None:
+        """Exact split means over every example on every rank, in float64."""
+        totals = self._split_totals(stage)
+        for name, (total, count) in totals.items():
             self.log(f"{stage}/{name}", total / count, prog_bar=name == "loss", sync_dist=True)
-        # The N that reports state beside every split mean (every evaluation step logs a loss).
-        self.log(f"{stage}/num_examples", stacked[names.index("loss")][1], sync_dist=True)
+        if totals:  # the N that reports state beside every split mean (every evaluation step logs a loss)
+            self.log(f"{stage}/num_examples", totals["loss"][1], sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
-        self._split_sums.pop("val", None)
+        self._reset_split("val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_split_means("val")
 
     def on_test_epoch_start(self) -> None:
-        self._split_sums.pop("test", None)
+        self._reset_split("test")
 
     def on_test_epoch_end(self) -> None:
         self._log_split_means("test")
@@ -355,7 +357,7 @@ class GenerativeModule(L.LightningModule):
         self._log_train_epoch_means()
 
     def on_train_epoch_start(self) -> None:
-        self._train_sums, self._train_counts = {}, {}
+        self._reset_split("train")
         # Restored here, not at load time: the sanity check and the EMA/evaluation setup that run between
         # loading and the first training batch would otherwise consume the restored stream.
         states = getattr(self, "_resume_rng_states", None)
