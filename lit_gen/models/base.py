@@ -14,6 +14,7 @@ The data's shape, levels K and classes come from the datamodule (linked by the C
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -97,6 +98,8 @@ class GenerativeModule(L.LightningModule):
     #: Init arguments kept out of the checkpoint's hyperparameters: factories are code, not values, and
     #: leaving them out keeps checkpoints loadable with ``weights_only=True``.
     hparams_ignore: ClassVar[tuple[str, ...]] = ("optimizer", "lr_scheduler")
+    #: Attributes holding those factories: shared, never cloned, when the module is deep-copied.
+    factory_attributes: ClassVar[tuple[str, ...]] = ("optimizer_factory", "lr_scheduler_factory")
 
     def __init__(
         self,
@@ -379,6 +382,22 @@ class GenerativeModule(L.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GenerativeModule:
+        """A copy of the networks and state that shares the optimizer and scheduler factories.
+
+        Weight averaging (EMA) deep-copies the module. Factories are code, not state, and the ones
+        LightningCLI builds reach the CLI itself (its config, the datamodule, the trainer and, under
+        ``ddp``, the launcher's process handles, which hold locks): copying them failed under DDP and
+        cloned the whole dataset in one process.
+        """
+        for name in self.factory_attributes:
+            factory = getattr(self, name)
+            memo[id(factory)] = factory
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))  # LightningModule drops the trainer
+        return copied
 
     # ----------------------------------------------------------- checkpoints
     def checkpoint_identity(self) -> dict[str, Any]:

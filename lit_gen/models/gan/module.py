@@ -82,6 +82,7 @@ class GAN(GenerativeModule):
     likelihood_kind = None
     sampling_knob = "truncation"
     hparams_ignore = GenerativeModule.hparams_ignore + _FACTORY_ARGS
+    factory_attributes = GenerativeModule.factory_attributes + _FACTORY_ARGS
 
     def __init__(
         self,
