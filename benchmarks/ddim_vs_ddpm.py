@@ -31,9 +31,9 @@ from diffusion_mnist import build, real_test_features
 @torch.no_grad()
 def draw_both(model, num: int, batch_size: int,
               samplers: dict[str, dict]) -> dict[str, tuple[torch.Tensor, float]]:
-    """Each sampler's ``num`` samples (chunk i seeded i, as lit-gen's evaluation) and seconds per image,
+    """Each sampler's ``num`` samples (sample j seeded j, as lit-gen's evaluation) and seconds per image,
     alternating samplers chunk by chunk."""
-    from lit_gen.evaluation.sampling import chunk_labels, chunk_sizes, draw_chunk
+    from lit_gen.evaluation.sampling import chunk_labels, chunk_sizes, draw_samples
 
     model.eval()
     images = {name: [] for name in samplers}
@@ -42,7 +42,7 @@ def draw_both(model, num: int, batch_size: int,
         labels = chunk_labels(model, index, size, batch_size)
         for name, kwargs in samplers.items():
             start = time.perf_counter()
-            images[name].append(draw_chunk(model, index, size, 0, kwargs, labels).float().cpu())
+            images[name].append(draw_samples(model, index * batch_size, size, 0, kwargs, labels).float().cpu())
             seconds[name] += time.perf_counter() - start
     return {name: (torch.cat(images[name]), seconds[name] / num) for name in samplers}
 

@@ -70,14 +70,14 @@ def seconds_per_step(model, datamodule, steps: int) -> float:
 
 @torch.no_grad()
 def draw(model, num: int, batch_size: int, sample_kwargs: dict, seed: int = 0) -> tuple[torch.Tensor, float]:
-    """``num`` samples in seeded chunks (chunk i: seed + i, as lit-gen's evaluation); seconds per image."""
-    from lit_gen.evaluation.sampling import chunk_labels, chunk_sizes, draw_chunk
+    """``num`` samples, sample j from seed + j as in lit-gen's evaluation; seconds per image."""
+    from lit_gen.evaluation.sampling import chunk_labels, chunk_sizes, draw_samples
 
     model.eval()
     out, start = [], time.perf_counter()
     for index, size in enumerate(chunk_sizes(num, batch_size)):
         labels = chunk_labels(model, index, size, batch_size)
-        out.append(draw_chunk(model, index, size, seed, sample_kwargs, labels).float().cpu())
+        out.append(draw_samples(model, index * batch_size, size, seed, sample_kwargs, labels).float().cpu())
     return torch.cat(out), (time.perf_counter() - start) / num
 
 

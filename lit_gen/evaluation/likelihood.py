@@ -19,6 +19,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
+
 LikelihoodKind = Literal["exact", "bound", "estimate"]
 LIKELIHOOD_KINDS: tuple[str, ...] = ("exact", "bound", "estimate")
 
@@ -58,10 +61,10 @@ def quantize(x: Tensor, num_levels: int) -> Tensor:
     return from_levels(to_levels(x.clamp(0, 1), num_levels), num_levels)
 
 
-def dequantize(x: Tensor, num_levels: int, generator: torch.Generator | None = None) -> Tensor:
+def dequantize(x: Tensor, num_levels: int, generator: RandomSource = None) -> Tensor:
     """Uniform dequantization ``y = (k + u) / K`` with ``u ~ U[0, 1)``: a point in the level's bin."""
     k = to_levels(x, num_levels).to(torch.float32)
-    u = torch.rand(k.shape, generator=generator, device=k.device, dtype=torch.float32)
+    u = seeds.rand(k.shape, generator=generator, device=k.device, dtype=torch.float32)
     return (k + u) / num_levels
 
 

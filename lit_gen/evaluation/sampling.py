@@ -1,9 +1,10 @@
-"""Seeded, chunked sampling that gives the same sample set on any number of processes.
+"""Seeded, chunked sampling that gives the same sample set for any chunk size and number of processes.
 
-A request for N samples is cut into chunks of a fixed size; chunk ``i`` is drawn with a generator
-seeded ``seed + i``, and chunk ``i`` goes to rank ``i % world_size``. Every rank draws only its own
-chunks, results are all-gathered and put back in chunk order, so 1 process and 8 processes evaluate the
-same images with no duplicates and no rank-zero-only work.
+A request for N samples is cut into chunks of a fixed size, and chunk ``i`` goes to rank
+``i % world_size``. Sample ``j`` of the request is drawn from its own generator seeded ``seed + j``
+(:class:`~lit_gen.core.seeds.ExampleGenerators`), whichever chunk and rank draw it. Every rank draws only
+its own chunks, results are all-gathered and put back in chunk order, so 1 process and 8 processes, in
+chunks of 16 or of 64, evaluate the same images with no duplicates and no rank-zero-only work.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from lit_gen.core.seeds import ExampleGenerators
 
 
 def chunk_sizes(num_samples: int, chunk_size: int) -> list[int]:
@@ -36,11 +39,12 @@ def chunk_labels(model: Any, index: int, size: int, chunk_size: int) -> Tensor |
 
 
 @torch.no_grad()
-def draw_chunk(model: Any, index: int, size: int, seed: int, sample_kwargs: dict[str, Any],
-               labels: Tensor | None = None) -> Tensor:
-    """Samples of chunk ``index``: generator seeded ``seed + index`` on the model's device."""
-    generator = torch.Generator(device=model.device).manual_seed(seed + index)
-    return model.sample(size, labels=labels, generator=generator, **sample_kwargs)
+def draw_samples(model: Any, start: int, size: int, seed: int, sample_kwargs: dict[str, Any],
+                 labels: Tensor | None = None) -> Tensor:
+    """Samples ``start, ..., start + size - 1`` of a request: sample j from a generator seeded ``seed + j``
+    on the model's device."""
+    generators = ExampleGenerators.for_range(seed, start, size, model.device)
+    return model.sample(size, labels=labels, generator=generators, **sample_kwargs)
 
 
 def gather_chunks(

@@ -9,12 +9,18 @@ The evaluation side (callback, CLI, benchmarks) knows a model only through this 
 - ``nll(x, labels=None, **kwargs) -> NLL``: per-example nats of the discrete data in its own levels, with a
   kind (exact / bound / estimate). Families without a likelihood leave ``likelihood_kind = None``.
 
+``generator`` (of ``sample``, and of ``loss`` / ``nll`` where they draw noise) is a ``torch.Generator``,
+None (the global stream), or a :class:`~lit_gen.core.seeds.ExampleGenerators`, one stream per example:
+evaluation and ``predict`` pass the last, so every draw of example i depends on (seed, i) alone.
+
 The data's shape, levels K and classes come from the datamodule (linked by the CLI), never typed twice.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import math
 import os
 import random
@@ -24,15 +30,18 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_gen import __version__
-from lit_gen.errors import CheckpointError, LitGenError
+from lit_gen.core.seeds import ExampleGenerators
+from lit_gen.errors import CheckpointError, LitGenError, check_sample_knobs
 from lit_gen.evaluation.likelihood import NLL, bits_per_dim, dequantize
 from lit_gen.evaluation.precision import full_float32_convolutions
-from lit_gen.evaluation.sampling import chunk_labels, draw_chunk
+from lit_gen.evaluation.sampling import chunk_labels, draw_samples
 
 RNG_KEY = "lit_gen_rng_states"
+TRAIN_SUMS_KEY = "lit_gen_train_sums"
 
 
 def collect_rng_state() -> dict[str, Any]:
@@ -68,6 +77,20 @@ def gather_from_ranks(obj: Any) -> list[Any]:
     return out
 
 
+@functools.cache
+def _takes_generator(function: Any) -> bool:
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == "generator" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _noise_argument(method: Any, source: ExampleGenerators | None) -> dict[str, Any]:
+    """``{"generator": source}`` for a ``loss`` / ``nll`` that takes one; nothing for those that draw no
+    noise (and, with no per-example source, nothing at all: their own default, the global stream)."""
+    if source is None or not _takes_generator(getattr(method, "__func__", method)):
+        return {}
+    return {"generator": source}
+
+
 def qualified_name(obj: Any) -> str:
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
@@ -93,6 +116,9 @@ class GenerativeModule(L.LightningModule):
 
     #: "exact", "bound" or "estimate"; None when the family has no tractable likelihood.
     likelihood_kind: ClassVar[str | None] = None
+    #: Base seed of the loss and likelihood noise at validation and test: example i of a split draws from
+    #: ``evaluation_seed + i`` (the evaluation callback sets it to ``evaluation.seed``).
+    evaluation_seed: int = 0
     #: Name of the family's diversity-vs-quality argument of ``sample`` (temperature, truncation, ...).
     sampling_knob: ClassVar[str | None] = None
     #: Init arguments kept out of the checkpoint's hyperparameters: factories are code, not values, and
@@ -122,6 +148,7 @@ class GenerativeModule(L.LightningModule):
             raise LitGenError(f"num_levels must be >= 2 or null, got {num_levels}")
         if lr_scheduler_interval not in ("epoch", "step"):
             raise LitGenError(f"lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}")
+        check_sample_knobs(type(self), sample_kwargs or {})
         self.data_shape = tuple(int(s) for s in data_shape)
         self.num_levels = num_levels
         self.num_classes = num_classes
@@ -135,6 +162,8 @@ class GenerativeModule(L.LightningModule):
         # the device at every step)
         self._split_sums: dict[str, dict[str, Tensor]] = {}
         self._split_counts: dict[str, dict[str, int]] = {}
+        # stage -> the dataset indices of each batch of its evaluation loader (None: unknown), per epoch
+        self._evaluation_batches: dict[str, list[list[int]] | None] = {}
 
     # ------------------------------------------------------------------ data
     @property
@@ -210,9 +239,15 @@ class GenerativeModule(L.LightningModule):
         for name, value in terms.items():
             self._accumulate("train", name, value.detach().double() * batch_size, batch_size)
         connector = getattr(self.trainer, "_logger_connector", None)  # Lightning's rule for when it writes
-        if self.logger is not None and (connector is None or connector.should_update_logs):
-            self.log_dict({f"train/{name}_step": value.detach() for name, value in terms.items()},
-                          on_step=True, on_epoch=False, batch_size=batch_size)
+        if self.loggers and (connector is None or connector.should_update_logs):
+            # Straight to the loggers, at the step Lightning's own logging uses: through self.log, a term
+            # absent from this step (a GAN's generator loss on a critic-only batch) was written again with
+            # its last value, and only until the process restarted, so a resumed run's curves differed.
+            metrics = {f"train/{name}_step": float(value) for name, value in terms.items()}
+            metrics["epoch"] = self.current_epoch
+            step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=step)
         if "loss" in terms and self.trainer.progress_bar_callback is not None:
             self.log("loss", terms["loss"].detach(), prog_bar=True, logger=False, on_step=True, on_epoch=False,
                      batch_size=batch_size)
@@ -261,12 +296,14 @@ class GenerativeModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._reset_split("val")
+        self._evaluation_batches.pop("val", None)
 
     def on_validation_epoch_end(self) -> None:
         self._log_split_means("val")
 
     def on_test_epoch_start(self) -> None:
         self._reset_split("test")
+        self._evaluation_batches.pop("test", None)
 
     def on_test_epoch_end(self) -> None:
         self._log_split_means("test")
@@ -286,13 +323,47 @@ class GenerativeModule(L.LightningModule):
         self.check_finite(loss)
         return loss
 
-    def _evaluation_step(self, stage: str, batch: Any) -> None:
+    def evaluation_generators(self, stage: str, batch_idx: int | None,
+                              batch_size: int) -> ExampleGenerators | None:
+        """Per-example generators of batch ``batch_idx`` of the ``stage`` ("val" / "test") loader.
+
+        Example i of the split (its index in the split's dataset) draws from ``evaluation_seed + i``,
+        whichever batch and rank hold it: the loss and likelihood noise of evaluation (IWAE, dequantization,
+        a bound's timesteps) then does not depend on the batch size or the number of processes. The
+        indices are read from the loader's own batch sampler (sequential on one process, every W-th
+        index per rank under lit-gen's unrepeated DDP sampler), listed once per epoch. None, and noise
+        from the global stream as before, outside a trainer or when the loader has no batch sampler.
+        """
+        if batch_idx is None or self._trainer is None:
+            return None
+        if stage not in self._evaluation_batches:
+            self._evaluation_batches[stage] = self._list_evaluation_batches(stage)
+        batches = self._evaluation_batches[stage]
+        if batches is None or batch_idx >= len(batches) or len(batches[batch_idx]) != batch_size:
+            if not getattr(self, "_warned_global_noise", False):
+                self._warned_global_noise = True
+                rank_zero_warn(f"{stage} batch {batch_idx}: the example indices of the evaluation loader "
+                               "are unknown; its noise comes from the global stream and depends on the batch "
+                               "size and the number of processes")
+            return None
+        return ExampleGenerators(self.evaluation_seed, batches[batch_idx], self.device)
+
+    def _list_evaluation_batches(self, stage: str) -> list[list[int]] | None:
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        if batch_sampler is None:  # an iterable dataset, or one that batches itself
+            return None
+        return [[int(i) for i in batch] for batch in batch_sampler]
+
+    def _evaluation_step(self, stage: str, batch: Any, batch_idx: int | None = None) -> None:
         x, labels = self.split_batch(batch)
-        self._log_loss(stage, self.loss(x, labels), x.shape[0])
+        source = self.evaluation_generators(stage, batch_idx, x.shape[0])
+        self._log_loss(stage, self.loss(x, labels, **_noise_argument(self.loss, source)), x.shape[0])
         if not self.has_likelihood:
             return
         with full_float32_convolutions():  # reported likelihoods do not depend on the GPU's TF32 setting
-            out = self.nll(x, labels, **self.eval_nll_kwargs(stage))
+            out = self.nll(x, labels, **self.eval_nll_kwargs(stage), **_noise_argument(self.nll, source))
         self._log_nll(stage, "nll", out.nats)
         for name, (nats, _kind) in out.terms.items():
             self._log_nll(stage, name, nats)
@@ -318,20 +389,20 @@ class GenerativeModule(L.LightningModule):
         return {}
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluation_step("val", batch)
+        self._evaluation_step("val", batch, batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluation_step("test", batch)
+        self._evaluation_step("test", batch, batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         """One chunk of a seeded sample request (see :class:`lit_gen.datamodules.base.SampleRequests`).
 
-        Chunk ``i`` is drawn with seed ``seed + i`` whatever the number of processes, so the sample set
-        of ``lit-gen predict`` does not depend on how many devices drew it.
+        Sample ``j`` of the request is drawn from its own generator seeded ``seed + j``, so the sample set
+        of ``lit-gen predict`` depends neither on the chunk size nor on how many devices drew it.
         """
         index, size, seed, chunk_size = (int(v) for v in batch[0])
         labels = chunk_labels(self, index, size, chunk_size)
-        images = draw_chunk(self, index, size, seed, self.sample_kwargs, labels)
+        images = draw_samples(self, index * chunk_size, size, seed, self.sample_kwargs, labels)
         return {"chunk": index, "start": index * chunk_size, "images": images.float().cpu(),
                 "labels": None if labels is None else labels.cpu()}
 
@@ -361,17 +432,31 @@ class GenerativeModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._reset_split("train")
-        # Restored here, not at load time: the sanity check and the EMA/evaluation setup that run between
-        # loading and the first training batch would otherwise consume the restored stream.
+        self._restore_resumed_state()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # A run resumed in the middle of an epoch gets no on_train_epoch_start.
+        self._restore_resumed_state()
+
+    def _restore_resumed_state(self) -> None:
+        """Each rank's random stream and partial epoch sums from the checkpoint, once, just before training
+        goes on: not at load time, since the sanity check and the EMA/evaluation setup that run between
+        loading and the first training batch would otherwise consume the restored stream."""
         states = getattr(self, "_resume_rng_states", None)
-        if states:
-            self._resume_rng_states = None
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-            if len(states) == world:
-                restore_rng_state(states[rank])
-            else:  # resumed on another number of processes: rank 0's stream, distinct per rank
-                restore_rng_state(states[0])
-                torch.manual_seed(int(torch.randint(2**62, ())) + rank)
+        if not states:
+            return
+        self._resume_rng_states = None
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if len(states) == world:
+            restore_rng_state(states[rank])
+        else:  # resumed on another number of processes: rank 0's stream, distinct per rank
+            restore_rng_state(states[0])
+            torch.manual_seed(int(torch.randint(2**62, ())) + rank)
+        sums = getattr(self, "_resume_train_sums", None)
+        self._resume_train_sums = None
+        if sums and len(sums) == world:  # the epoch was stopped part-way: its means go on where they were
+            for name, (total, count) in sums[rank].items():
+                self._accumulate("train", name, total.to(self.device), count)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
@@ -415,10 +500,15 @@ class GenerativeModule(L.LightningModule):
         # Every rank's random state (this hook runs on all ranks), so a resumed run draws the same data
         # order and noise as an uninterrupted one. Plain tensors and lists: loadable with weights_only.
         checkpoint[RNG_KEY] = gather_from_ranks(collect_rng_state())
+        # The running sums of a training epoch stopped part-way (empty at an epoch's end), every rank's.
+        sums, counts = self._split_sums.get("train", {}), self._split_counts.get("train", {})
+        checkpoint[TRAIN_SUMS_KEY] = gather_from_ranks(
+            {name: [sums[name].detach().cpu(), counts[name]] for name in sums})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._checkpoint_hparams = dict(checkpoint.get("hyper_parameters") or {})
         self._resume_rng_states = checkpoint.get(RNG_KEY)
+        self._resume_train_sums = checkpoint.get(TRAIN_SUMS_KEY)
         saved = checkpoint.get("lit_gen")
         if saved is None:
             raise CheckpointError("not a lit-gen checkpoint (it has no 'lit_gen' record)")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_gen.core.seeds import RandomSource
 from lit_gen.evaluation.likelihood import NLL, to_levels
 from lit_gen.models.base import GenerativeModule
 from lit_gen.nn.distributions import categorical_log_prob, categorical_sample
@@ -45,7 +46,7 @@ class FactorizedCategorical(GenerativeModule):
 
     @torch.no_grad()
     def sample(self, num_samples: int, *, labels: Tensor | None = None,
-               generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+               generator: RandomSource = None, temperature: float = 1.0) -> Tensor:
         logits = self.logits.unsqueeze(0).expand(num_samples, *self.logits.shape)
         return categorical_sample(logits, self.num_levels, temperature, generator)
 

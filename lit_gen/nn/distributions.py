@@ -16,12 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
 from lit_gen.evaluation.likelihood import from_levels, to_levels
 
 
-def gumbel_argmax(logits: Tensor, dim: int, generator: torch.Generator | None) -> Tensor:
-    """Sample a categorical along ``dim`` (Gumbel-max: exact, works on any device with a generator)."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+def gumbel_argmax(logits: Tensor, dim: int, generator: RandomSource) -> Tensor:
+    """Sample a categorical along ``dim`` (Gumbel-max: exact, works on any device with a generator).
+
+    The batch is dim 0: with :class:`~lit_gen.core.seeds.ExampleGenerators`, row i's noise is example i's.
+    """
+    u = seeds.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
     gumbel = -torch.log(-torch.log(u.clamp_(1e-12, 1.0 - 1e-7)))
     return torch.argmax(logits.float() + gumbel, dim=dim)
 
@@ -34,7 +39,7 @@ def categorical_log_prob(x: Tensor, logits: Tensor, num_levels: int) -> Tensor:
 
 
 def categorical_sample(
-    logits: Tensor, num_levels: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    logits: Tensor, num_levels: int, temperature: float = 1.0, generator: RandomSource = None
 ) -> Tensor:
     """Draw levels from ``(B, K, *D)`` logits at a temperature; returns data-space values."""
     if temperature <= 0:
@@ -55,10 +60,10 @@ def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
     return -F.binary_cross_entropy_with_logits(logits.float(), x.float().round(), reduction="none")
 
 
-def bernoulli_sample(logits: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+def bernoulli_sample(logits: Tensor, temperature: float = 1.0, generator: RandomSource = None) -> Tensor:
     if temperature <= 0:
         return (logits > 0).float()
-    u = torch.rand(logits.shape, generator=generator, device=logits.device)
+    u = seeds.rand(logits.shape, generator=generator, device=logits.device)
     return (u < torch.sigmoid(logits.float() / temperature)).float()
 
 
@@ -100,14 +105,14 @@ def discretized_logistic_sample(
     log_scales: Tensor,
     num_levels: int,
     temperature: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
 ) -> Tensor:
     """Draw from the discretized logistic mixture; temperature scales the logistics' width."""
     component = gumbel_argmax(logit_weights.float(), 1, generator).unsqueeze(1)
     mu = means.float().gather(1, component).squeeze(1)
     log_s = log_scales.float().clamp(min=-7.0).gather(1, component).squeeze(1)
     if temperature > 0:
-        u = torch.rand(mu.shape, generator=generator, device=mu.device).clamp_(1e-5, 1.0 - 1e-5)
+        u = seeds.rand(mu.shape, generator=generator, device=mu.device).clamp_(1e-5, 1.0 - 1e-5)
         mu = mu + temperature * torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))
     return from_levels(to_levels((mu.clamp(-1, 1) + 1) / 2, num_levels), num_levels)
 
@@ -131,7 +136,7 @@ class DiscreteLikelihood:
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def sample(self, params: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, params: Tensor, temperature: float = 1.0, generator: RandomSource = None) -> Tensor:
         raise NotImplementedError
 
     def mean(self, params: Tensor) -> Tensor:
@@ -199,7 +204,7 @@ class GaussianLikelihood(DiscreteLikelihood):
 
     def sample(self, params, temperature=1.0, generator=None):
         mean, log_scale = params.float().chunk(2, dim=1)
-        noise = torch.randn(mean.squeeze(1).shape, generator=generator, device=params.device)
+        noise = seeds.randn(mean.squeeze(1).shape, generator=generator, device=params.device)
         return mean.squeeze(1) + temperature * torch.exp(log_scale.squeeze(1).clamp(min=-9.0)) * noise
 
     def mean(self, params):

@@ -15,10 +15,12 @@ class CountingExtractor(torch.nn.Module):
     """Stand-in for Inception: a fixed random projection to 2048 features that counts the images it sees."""
 
     extractor_id = "test-projection"
+    cache_id = "test-projection-w0"
+    preprocessing = "none"
 
-    def __init__(self):
+    def __init__(self, in_dim: int = 64):
         super().__init__()
-        self.projection = torch.randn(64, 2048, generator=torch.Generator().manual_seed(0))
+        self.projection = torch.randn(in_dim, 2048, generator=torch.Generator().manual_seed(0))
         self.images_seen = 0
 
     def forward(self, images):

@@ -7,7 +7,7 @@ import torch
 import torch_fidelity
 
 from lit_gen.evaluation import features as F
-from lit_gen.evaluation.metrics import FeatureCache, fid, kid, precision_recall
+from lit_gen.evaluation.metrics import FeatureCache, ImageFingerprint, fid, kid, precision_recall
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +162,28 @@ def test_feature_cache_miss_hit_and_corrupt(tmp_path):
     assert cache.load(key) is None and cache.misses == 3
     cache.save(key, feats)  # overwritten
     assert torch.equal(cache.load(key), feats) and cache.hits == 2
+
+
+def digest(*batches):
+    fingerprint = ImageFingerprint()
+    for batch in batches:
+        fingerprint.update(batch)
+    return fingerprint.hexdigest()
+
+
+def test_image_fingerprint_is_exact_and_independent_of_batching():
+    images = torch.randint(0, 17, (8, 1, 8, 8)).float() / 16
+    reference = digest(images)
+    assert digest(images[:5], images[5:]) == digest(*images.split(1)) == reference == digest(images.clone())
+    nudged = images.clone()
+    nudged[3, 0, 2, 2] = torch.nextafter(nudged[3, 0, 2, 2], torch.tensor(2.0))  # one ulp of one pixel
+    assert digest(nudged) != reference
+    assert digest(images[[1, 0, *range(2, 8)]]) != reference  # order
+    assert digest(images[:7]) != reference  # selection
+    assert digest(images.double()) != reference  # the same values in another dtype
+    assert digest(images.reshape(8, 1, 4, 16)) != reference  # the same bytes in another shape
+    with pytest.raises(ValueError):
+        digest(images[:4], images[4:].reshape(4, 1, 16, 4))
 
 
 def test_feature_cache_default_root(monkeypatch, tmp_path):

@@ -1,10 +1,18 @@
-"""Seeded chunked sampling: the same sample set whatever the number of processes."""
+"""Seeded chunked sampling: the same sample set whatever the chunk size and the number of processes."""
 
 from __future__ import annotations
 
 import torch
 
-from lit_gen.evaluation.sampling import SampleRequests, chunk_sizes, gather_chunks, rank_chunks
+from lit_gen.core.seeds import ExampleGenerators
+from lit_gen.evaluation.sampling import (
+    SampleRequests,
+    chunk_labels,
+    chunk_sizes,
+    draw_samples,
+    gather_chunks,
+    rank_chunks,
+)
 
 
 def test_chunk_sizes_cover_the_request_exactly():
@@ -42,3 +50,34 @@ def test_sample_requests_are_chunk_index_size_seed():
     requests = SampleRequests(10, 4, seed=7)
     assert len(requests) == 3
     assert requests[2].tolist() == [2, 2, 7, 4]
+
+
+def test_sample_j_of_a_request_is_the_same_in_chunks_of_any_size():
+    """Sample j comes from its own generator seeded seed + j: chunks of 3 or of 4 give the same ten samples,
+    each equal to that sample drawn alone."""
+    from lit_gen.models.factorized import FactorizedCategorical
+
+    model = FactorizedCategorical()
+    with torch.no_grad():
+        model.logits.normal_(generator=torch.Generator().manual_seed(0))
+    by_chunks = {}
+    for chunk in (3, 4):
+        starts = [i * chunk for i in range(len(chunk_sizes(10, chunk)))]
+        by_chunks[chunk] = torch.cat([draw_samples(model, start, size, 5, {"temperature": 1.0})
+                                      for start, size in zip(starts, chunk_sizes(10, chunk))])
+    assert torch.equal(by_chunks[3], by_chunks[4])
+    for j in (0, 7, 9):
+        alone = model.sample(1, generator=ExampleGenerators(5, [j]))
+        assert torch.equal(by_chunks[3][j : j + 1], alone)
+    assert len(torch.unique(by_chunks[3].flatten(1), dim=0)) == 10
+
+
+def test_chunk_labels_give_sample_j_the_label_j_mod_classes():
+    class Conditional:
+        num_classes = 3
+
+        def default_labels(self, n):
+            return torch.arange(n) % self.num_classes
+
+    labels = torch.cat([chunk_labels(Conditional(), i, size, 4) for i, size in enumerate(chunk_sizes(10, 4))])
+    assert labels.tolist() == [j % 3 for j in range(10)]

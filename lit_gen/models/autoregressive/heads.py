@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
 from lit_gen.nn.distributions import (
     CategoricalLikelihood,
     DiscreteLikelihood,
@@ -56,7 +58,7 @@ class GaussianMixtureLikelihood(DiscreteLikelihood):
         return torch.logsumexp(F.log_softmax(logit_weights, dim=1) + log_normal, dim=1)
 
     def sample(
-        self, params: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
+        self, params: Tensor, temperature: float = 1.0, generator: RandomSource = None
     ) -> Tensor:
         logit_weights, means, log_scales = self._split(params)
         if temperature <= 0:
@@ -64,7 +66,7 @@ class GaussianMixtureLikelihood(DiscreteLikelihood):
         component = gumbel_argmax(logit_weights, 1, generator).unsqueeze(1)
         mu = means.gather(1, component).squeeze(1)
         sigma = torch.exp(log_scales.gather(1, component).squeeze(1))
-        noise = torch.randn(mu.shape, generator=generator, device=mu.device)
+        noise = seeds.randn(mu.shape, generator=generator, device=mu.device)
         return mu + temperature * sigma * noise
 
     def mean(self, params: Tensor) -> Tensor:

@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import check_sizes
 from lit_gen.evaluation.likelihood import NLL
 from lit_gen.models.autoregressive.heads import build_head
 from lit_gen.models.autoregressive.made import MADENet
@@ -39,6 +42,7 @@ class AutoregressiveModule(GenerativeModule):
 
     def __init__(self, likelihood: str = "categorical", num_mixtures: int = 5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_sizes(type(self).__name__, num_mixtures=num_mixtures)
         self.check_data()
         self.likelihood = build_head(likelihood, self.num_levels, num_mixtures)
 
@@ -110,6 +114,7 @@ class MADE(AutoregressiveModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(likelihood=likelihood, num_mixtures=num_mixtures, **kwargs)
+        check_sizes(type(self).__name__, hidden_sizes=tuple(hidden_sizes), num_masks=num_masks)
         self.num_masks = num_masks
         self.net = MADENet(
             self.num_dims,
@@ -156,22 +161,23 @@ class MADE(AutoregressiveModule):
         num_samples: int,
         *,
         labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: RandomSource = None,
         temperature: float = 1.0,
     ) -> Tensor:
         """D network passes per example: each pass draws the next dimension of the example's ordering."""
         labels = self.sampling_labels(labels, num_samples)
         x = torch.zeros(num_samples, self.num_dims, device=self.device)
         if self.num_masks > 1:
-            which = torch.randint(self.num_masks, (num_samples,), generator=generator, device=self.device)
+            which = seeds.randint(0, self.num_masks, (num_samples,), generator=generator, device=self.device)
         else:
             which = torch.zeros(num_samples, dtype=torch.long, device=self.device)
         for mask_index in which.unique().tolist():
             rows = (which == mask_index).nonzero().squeeze(1)
             xm, context = x[rows], self.context(None if labels is None else labels[rows])
+            source = seeds.rows(generator, rows)  # the rows of this mask, each with its own stream
             for d in self.ordering(mask_index).tolist():
                 params = self.net(self.network_input(xm), context, mask_index)
-                xm[:, d] = self.likelihood.sample(params[:, :, d : d + 1], temperature, generator)[:, 0]
+                xm[:, d] = self.likelihood.sample(params[:, :, d : d + 1], temperature, source)[:, 0]
             x[rows] = xm
         return x.view(num_samples, *self.data_shape)
 
@@ -203,6 +209,8 @@ class GatedPixelCNN(AutoregressiveModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(likelihood=likelihood, num_mixtures=num_mixtures, **kwargs)
+        check_sizes(type(self).__name__, channels=channels, num_layers=num_layers, kernel_size=kernel_size,
+                    kernel_size_rest=kernel_size_rest, head_channels=head_channels)
         self.net = GatedPixelCNNNet(
             self.data_shape[0],
             self.likelihood.params_per_dim,
@@ -230,7 +238,7 @@ class GatedPixelCNN(AutoregressiveModule):
         num_samples: int,
         *,
         labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: RandomSource = None,
         temperature: float = 1.0,
     ) -> Tensor:
         """H*W*C network passes; the pass for row i runs on rows 0..i only (rows below cannot matter)."""

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.special import log_ndtr
 
+from lit_gen.core.seeds import ExampleGenerators, RandomSource
 from lit_gen.models.diffusion.samplers import Denoiser
 from lit_gen.models.diffusion.schedule import ModelVariance, NoiseSchedule
 
@@ -87,10 +88,14 @@ def vlb_term(schedule: NoiseSchedule, x0: Tensor, xt: Tensor, t: Tensor, x0_hat:
     return torch.where(t == 0, decoder, kl)
 
 
-def stratified_timesteps(num_timesteps: int, num_terms: int, generator: torch.Generator | None = None,
+def stratified_timesteps(num_timesteps: int, num_terms: int, generator: RandomSource = None,
                          device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """An unbiased estimate's timesteps and weights: t = 0 (the decoder) exactly, plus one random t from
-    each of ``num_terms - 1`` equal strata of [1, T), weighted by its stratum's size."""
+    each of ``num_terms - 1`` equal strata of [1, T), weighted by its stratum's size.
+
+    Timesteps are ``(num_terms,)``, shared by the batch; with :class:`~lit_gen.core.seeds.ExampleGenerators`
+    they are ``(num_terms, B)``, column i example i's own draw.
+    """
     if num_terms >= num_timesteps:
         every = torch.arange(num_timesteps, device=device)
         return every, torch.ones(num_timesteps, dtype=torch.float64, device=device)
@@ -98,6 +103,11 @@ def stratified_timesteps(num_timesteps: int, num_terms: int, generator: torch.Ge
         raise ValueError(f"a stratified VLB estimate needs >= 2 terms (decoder + diffusion), got {num_terms}")
     edges = torch.linspace(1, num_timesteps, num_terms, dtype=torch.float64).round().long()
     sizes = edges[1:] - edges[:-1]
+    if isinstance(generator, ExampleGenerators):
+        u = generator.rand((len(sizes),), dtype=torch.float64).cpu().T  # (strata, B)
+        offsets = (u * sizes[:, None]).long()
+        t = torch.cat([torch.zeros(1, len(generator), dtype=torch.long), edges[:-1, None] + offsets])
+        return t.to(device), torch.cat([torch.ones(1, dtype=torch.float64), sizes.double()]).to(device)
     offsets = (torch.rand(len(sizes), generator=generator, dtype=torch.float64) * sizes).long()
     t = torch.cat([torch.zeros(1, dtype=torch.long), edges[:-1] + offsets])
     weights = torch.cat([torch.ones(1, dtype=torch.float64), sizes.double()])
@@ -123,12 +133,13 @@ class VLBTerms:
 def variational_bound(denoiser: Denoiser, schedule: NoiseSchedule, x0: Tensor, num_levels: int, *,
                       timesteps: Tensor | None = None, weights: Tensor | None = None,
                       batch_size: int = 1024, variance: ModelVariance = "small",
-                      generator: torch.Generator | None = None) -> VLBTerms:
+                      generator: RandomSource = None) -> VLBTerms:
     """The bound's terms for ``x0`` (data in [-1, 1]), every t by default.
 
     Several timesteps are evaluated in one network call: the denoiser sees ``x0.repeat(k, ...)``-shaped
     batches of at most ``batch_size`` images (k timesteps of the whole batch), so a conditional denoiser
-    must repeat its labels the same way (:meth:`Diffusion.denoiser` does).
+    must repeat its labels the same way (:meth:`Diffusion.denoiser` does). ``timesteps`` is ``(n,)``, the
+    same for every example, or ``(n, B)``, each example its own (with ``weights`` ``(n,)`` either way).
     """
     num_timesteps = schedule.num_timesteps
     if timesteps is None:
@@ -137,20 +148,27 @@ def variational_bound(denoiser: Denoiser, schedule: NoiseSchedule, x0: Tensor, n
     weights = torch.ones(len(timesteps), dtype=torch.float64, device=x0.device) if weights is None \
         else weights.to(x0.device, torch.float64)
     batch = x0.shape[0]
+    if timesteps.dim() == 2 and timesteps.shape[1] != batch:
+        raise ValueError(f"per-example timesteps {tuple(timesteps.shape)} do not fit a batch of {batch}")
     per_call = max(1, batch_size // batch)
     decoder = torch.zeros(batch, dtype=torch.float64, device=x0.device)
     diffusion = torch.zeros_like(decoder)
     for start in range(0, len(timesteps), per_call):
         ts, ws = timesteps[start:start + per_call], weights[start:start + per_call]
         k = len(ts)
+        grid = ts if ts.dim() == 2 else ts[:, None].expand(k, batch)  # (k, B): each term's t per example
         x0_rep = x0.repeat(k, *([1] * (x0.dim() - 1)))
-        t = ts.repeat_interleave(batch)
-        noise = torch.randn(x0_rep.shape, generator=generator, device=x0.device, dtype=torch.float64)
+        t = grid.reshape(-1)
+        if isinstance(generator, ExampleGenerators):
+            # One draw per term and example: how many terms share a network call depends on the batch.
+            noise = torch.cat([generator.randn(x0.shape[1:], torch.float64).to(x0.device) for _ in range(k)])
+        else:
+            noise = torch.randn(x0_rep.shape, generator=generator, device=x0.device, dtype=torch.float64)
         xt = schedule.q_sample(x0_rep.double(), t, noise)
         x0_hat, _ = denoiser(xt.to(x0.dtype), t)
         terms = vlb_term(schedule, x0_rep, xt, t, x0_hat, num_levels, variance).view(k, batch)
         weighted = terms * ws[:, None]
-        is_decoder = (ts == 0)[:, None]
+        is_decoder = grid == 0
         decoder += torch.where(is_decoder, weighted, 0.0).sum(0)
         diffusion += torch.where(is_decoder, 0.0, weighted).sum(0)
     return VLBTerms(prior_kl(schedule, x0), decoder, diffusion, len(timesteps))

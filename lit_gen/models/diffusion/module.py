@@ -27,6 +27,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import check_sizes
 from lit_gen.evaluation.likelihood import NLL, quantize
 from lit_gen.models.base import GenerativeModule, qualified_name
 from lit_gen.models.diffusion.likelihood import VLBTerms, stratified_timesteps, variational_bound, vlb_term
@@ -112,6 +115,8 @@ class Diffusion(GenerativeModule):
             raise ValueError("vlb_weight > 0 needs discrete data (num_levels): the decoder is discrete")
         if model_variance not in ("small", "large"):
             raise ValueError(f"model_variance must be 'small' or 'large', got {model_variance!r}")
+        check_sizes(type(self).__name__, 2, num_timesteps=num_timesteps, val_vlb_terms=val_vlb_terms)
+        check_sizes(type(self).__name__, vlb_batch_size=vlb_batch_size)
         self.schedule = NoiseSchedule.from_name(schedule, num_timesteps, cosine_offset)
         self.prediction = prediction
         self.model_variance = model_variance
@@ -121,11 +126,7 @@ class Diffusion(GenerativeModule):
         self.vlb_batch_size = vlb_batch_size
         self.val_vlb, self.val_vlb_terms = val_vlb, val_vlb_terms
         self.backbone = backbone(tuple(self.data_shape), self.num_classes if self.conditional else None)
-        unknown = set(self.sample_kwargs) - {"sampler", "steps", "eta", "guidance_scale"}
-        if unknown:
-            raise ValueError(f"sample_kwargs: unknown {sorted(unknown)}; Diffusion.sample takes sampler, "
-                             "steps, eta, guidance_scale")
-        self.sampler_options(**self.sample_kwargs)
+        self.sampler_options(**self.sample_kwargs)  # the knobs' names were checked by the base class
 
     @property
     def num_timesteps(self) -> int:
@@ -176,15 +177,15 @@ class Diffusion(GenerativeModule):
 
     # ------------------------------------------------------------------ protocol
     def loss(self, x: Tensor, labels: Tensor | None = None,
-             generator: torch.Generator | None = None) -> dict[str, Tensor]:
+             generator: RandomSource = None) -> dict[str, Tensor]:
         x0 = 2.0 * x - 1.0
         batch = x0.shape[0]
-        t = torch.randint(0, self.num_timesteps, (batch,), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        t = seeds.randint(0, self.num_timesteps, (batch,), device=x0.device, generator=generator)
+        noise = seeds.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         xt = self.schedule.q_sample(x0, t, noise)
         lab = self._labels_for(labels, batch)
         if lab is not None and self.training and self.label_dropout > 0:
-            drop = torch.rand(batch, device=x0.device, generator=generator) < self.label_dropout
+            drop = seeds.rand((batch,), device=x0.device, generator=generator) < self.label_dropout
             lab = torch.where(drop, torch.full_like(lab, self.num_classes), lab)
         out = self.backbone(xt, self._time(t), lab)
         target = self.schedule.target(self.prediction, x0, noise, t)
@@ -201,9 +202,9 @@ class Diffusion(GenerativeModule):
         return terms
 
     def vlb(self, x: Tensor, labels: Tensor | None = None, num_terms: int | None = None,
-            generator: torch.Generator | None = None) -> VLBTerms:
+            generator: RandomSource = None) -> VLBTerms:
         """The bound's parts for data ``x`` in [0, 1]: every term, or a stratified estimate from
-        ``num_terms`` terms."""
+        ``num_terms`` terms (each example its own timesteps with per-example generators)."""
         if self.num_levels is None:
             raise ValueError("the diffusion bound is on discrete data; this datamodule is continuous")
         timesteps = weights = None
@@ -214,7 +215,7 @@ class Diffusion(GenerativeModule):
                                  variance=self.model_variance, generator=generator)
 
     @torch.no_grad()
-    def nll(self, x: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None) -> NLL:
+    def nll(self, x: Tensor, labels: Tensor | None = None, generator: RandomSource = None) -> NLL:
         """The variational bound with all T terms (per-example nats of the discrete data)."""
         return NLL(self.vlb(x, labels, generator=generator).total, "bound")
 
@@ -231,9 +232,10 @@ class Diffusion(GenerativeModule):
         if self.val_vlb == "full":
             return super().validation_step(batch, batch_idx)
         x, labels = self.split_batch(batch)
-        self._log_loss("val", self.loss(x, labels), x.shape[0])
+        source = self.evaluation_generators("val", batch_idx, x.shape[0])
+        self._log_loss("val", self.loss(x, labels, generator=source), x.shape[0])
         if self.val_vlb == "subset" and self.num_levels is not None:
-            estimate = self.vlb(x, labels, num_terms=self.val_vlb_terms).total
+            estimate = self.vlb(x, labels, num_terms=self.val_vlb_terms, generator=source).total
             self._log_nll("val", "vlb_subset", estimate)
 
     def sampler_options(self, sampler: str = "ddim", steps: int | None = None, eta: float = 0.0,
@@ -259,7 +261,7 @@ class Diffusion(GenerativeModule):
         num_samples: int,
         *,
         labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: RandomSource = None,
         sampler: str = "ddim",
         steps: int | None = None,
         eta: float = 0.0,
@@ -277,7 +279,7 @@ class Diffusion(GenerativeModule):
         options = self.sampler_options(sampler, steps, eta, guidance_scale)
         if labels is None:
             labels = self.default_labels(num_samples)
-        noise = torch.randn((num_samples, *self.data_shape), generator=generator, device=self.device)
+        noise = seeds.randn((num_samples, *self.data_shape), generator=generator, device=self.device)
         x0 = SAMPLERS[sampler](self.denoiser(labels, guidance_scale), self.schedule, noise,
                                generator=generator, **options)
         x = (x0.float().clamp(-1.0, 1.0) + 1.0) / 2.0

@@ -14,17 +14,19 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
 from lit_gen.models.diffusion.schedule import ModelVariance, NoiseSchedule
 
 Denoiser = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _randn_like(x: Tensor, generator: RandomSource) -> Tensor:
+    return seeds.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def ddpm_sample(denoiser: Denoiser, schedule: NoiseSchedule, noise: Tensor, *,
-                variance: ModelVariance = "small", generator: torch.Generator | None = None) -> Tensor:
+                variance: ModelVariance = "small", generator: RandomSource = None) -> Tensor:
     """Ancestral sampling (Ho et al. 2020): ``x_{t-1} ~ N(mu~(x0_hat, x_t), sigma_t^2)`` for t = T-1 .. 0,
     with sigma_t^2 = beta~_t (``variance="small"``) or beta_t (``"large"``)."""
     x = noise
@@ -53,7 +55,7 @@ def ddim_sigma(alpha_bar: Tensor, alpha_bar_prev: Tensor, eta: float) -> Tensor:
 
 
 def ddim_sample(denoiser: Denoiser, schedule: NoiseSchedule, noise: Tensor, *, steps: int = 50,
-                eta: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+                eta: float = 0.0, generator: RandomSource = None) -> Tensor:
     """DDIM (Song et al. 2021) on ``steps`` timesteps; ``eta = 0`` is deterministic given the noise."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_gen.errors import check_sizes
 from lit_gen.nn.blocks import ResidualBlock, group_norm
 
 
@@ -121,6 +122,7 @@ class UNet(nn.Module):
             raise ValueError(f"UNet needs image data (C, H, W), got shape {tuple(data_shape)}")
         if not channel_mults or num_res_blocks < 1:
             raise ValueError("UNet needs at least one level and one residual block per level")
+        check_sizes("UNet", channels=channels, channel_mults=tuple(channel_mults), num_heads=num_heads)
         in_channels, height, width = (int(s) for s in data_shape)
         emb_dim = 4 * channels
         self.time_embed = nn.Sequential(SinusoidalEmbedding(channels), nn.Linear(channels, emb_dim),

@@ -17,7 +17,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-NoiseFn = Callable[[int, torch.Generator | None], Tensor]
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
+
+NoiseFn = Callable[[int, RandomSource], Tensor]
 
 
 class BufferDraw(NamedTuple):
@@ -50,13 +53,13 @@ class ReplayBuffer:
         self.samples = self.samples.to(device)
         return self
 
-    def draw(self, n: int, generator: torch.Generator | None = None, reinit: bool = True) -> BufferDraw:
+    def draw(self, n: int, generator: RandomSource = None, reinit: bool = True) -> BufferDraw:
         """n states at random positions (with replacement); each is fresh noise with prob. ``reinit_rate``."""
-        indices = torch.randint(len(self), (n,), generator=generator, device=self.device)
+        indices = seeds.randint(0, len(self), (n,), generator=generator, device=self.device)
         samples = self.samples[indices].clone()
         fresh = torch.zeros(n, dtype=torch.bool, device=self.device)
         if reinit and self.reinit_rate > 0:
-            fresh = torch.rand(n, generator=generator, device=self.device) < self.reinit_rate
+            fresh = seeds.rand((n,), generator=generator, device=self.device) < self.reinit_rate
             noise = self.noise(n, generator).to(self.device)
             samples = torch.where(fresh.view(-1, *([1] * (samples.dim() - 1))), noise, samples)
         return BufferDraw(samples, indices, fresh)

@@ -19,6 +19,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
+
 EnergyFn = Callable[[Tensor], Tensor]
 
 
@@ -32,12 +35,12 @@ def energy_and_grad(energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def langevin_step(x: Tensor, grad: Tensor, step_size: float, noise_std: float | None = None,
-                  generator: torch.Generator | None = None) -> Tensor:
+                  generator: RandomSource = None) -> Tensor:
     """x - (step_size / 2) grad + noise_std * eps, with noise_std = sqrt(step_size) by default."""
     sigma = math.sqrt(step_size) if noise_std is None else noise_std
     out = x - 0.5 * step_size * grad
     if sigma > 0:
-        out = out + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        out = out + sigma * seeds.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return out
 
 
@@ -50,14 +53,15 @@ def langevin_sample(
     *,
     grad_clip: float | None = None,
     bounds: tuple[float, float] | None = None,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
 ) -> Tensor:
     """Run ``steps`` Langevin steps from ``x``; returns the final state (detached).
 
     Args:
         grad_clip: clamp each gradient coordinate to [-grad_clip, grad_clip] (stabilises early training).
         bounds: clamp the state to [low, high] after every step (images live in a box).
-        generator: the source of all the noise, for reproducible samples.
+        generator: the source of all the noise, for reproducible samples (per example for
+            :class:`~lit_gen.core.seeds.ExampleGenerators`).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")

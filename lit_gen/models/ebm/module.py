@@ -23,7 +23,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lit_gen.errors import LitGenError
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import LitGenError, check_sizes
 from lit_gen.evaluation.likelihood import quantize
 from lit_gen.models.base import GenerativeModule, gather_from_ranks
 from lit_gen.models.ebm.buffer import ReplayBuffer
@@ -82,8 +84,11 @@ class EBM(GenerativeModule):
             raise LitGenError("EBM is unconditional (conditional: false)")
         if sample_init not in ("noise", "buffer"):
             raise ValueError(f"sample_init must be 'noise' or 'buffer', got {sample_init!r}")
-        if langevin_steps < 1 or step_size <= 0:
-            raise ValueError("langevin_steps must be >= 1 and step_size > 0")
+        check_sizes(type(self).__name__, channels=channels, depth=depth, langevin_steps=langevin_steps,
+                    buffer_size=buffer_size)
+        check_sizes(type(self).__name__, 0, sample_steps=sample_steps, val_langevin_steps=val_langevin_steps)
+        if step_size <= 0:
+            raise ValueError(f"step_size must be > 0, got {step_size}")
         if architecture == "conv":
             self.energy_net = ConvEnergy(self.data_shape, channels, depth)
         elif architecture == "mlp":
@@ -102,17 +107,17 @@ class EBM(GenerativeModule):
         self.buffer = ReplayBuffer(buffer_size, self.noise, reinit_rate)
 
     # ------------------------------------------------------------------ pieces
-    def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def noise(self, n: int, generator: RandomSource = None) -> Tensor:
         """Uniform noise on the model's box: the sampler's fresh starting points."""
         device = self.device if generator is None else generator.device
-        u = torch.rand((n, *self.data_shape), generator=generator, device=device)
+        u = seeds.rand((n, *self.data_shape), generator=generator, device=device)
         return LOW + (HIGH - LOW) * u
 
     def energy(self, x: Tensor) -> Tensor:
         """E(x) per example, x in the model's space [-1, 1]."""
         return self.energy_net(x)
 
-    def run_sampler(self, x: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
+    def run_sampler(self, x: Tensor, steps: int, generator: RandomSource = None) -> Tensor:
         return langevin_sample(self.energy, x, steps, self.step_size, self.noise_std,
                                grad_clip=self.langevin_grad_clip, bounds=(LOW, HIGH), generator=generator)
 
@@ -123,25 +128,26 @@ class EBM(GenerativeModule):
         # purpose), so every rank would write into one store. Each process keeps a private copy.
         self.buffer.samples = self.buffer.samples.clone()
 
-    def negatives(self, n: int, steps: int, update_buffer: bool) -> Tensor:
+    def negatives(self, n: int, steps: int, update_buffer: bool, generator: RandomSource = None) -> Tensor:
         """Sampler states from the buffer after ``steps`` steps; written back (and reinitialised) in training."""
         if self.buffer.device != self.device:
             self.buffer.to(self.device)
-        draw = self.buffer.draw(n, reinit=update_buffer)
-        x = self.run_sampler(draw.samples, steps)
+        draw = self.buffer.draw(n, generator, reinit=update_buffer)
+        x = self.run_sampler(draw.samples, steps, generator)
         if update_buffer:
             self.buffer.update(draw.indices, x)
         return x
 
     # ---------------------------------------------------------------- protocol
-    def loss(self, x: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, labels: Tensor | None = None,
+             generator: RandomSource = None) -> dict[str, Tensor]:
         """The contrastive-divergence objective; at validation with ``val_langevin_steps`` steps from
         buffer states, without writing back (so validation never changes training)."""
         positive = 2.0 * x - 1.0
         if self.training and self.data_noise > 0:
             positive = positive + self.data_noise * torch.randn_like(positive)
         steps = self.langevin_steps if self.training else self.val_langevin_steps
-        negative = self.negatives(x.shape[0], steps, update_buffer=self.training)
+        negative = self.negatives(x.shape[0], steps, update_buffer=self.training, generator=generator)
         energies = self.energy(torch.cat([positive, negative]))
         e_pos, e_neg = energies[: x.shape[0]], energies[x.shape[0]:]
         cd = e_pos.mean() - e_neg.mean()
@@ -151,7 +157,7 @@ class EBM(GenerativeModule):
 
     @torch.no_grad()
     def sample(self, num_samples: int, *, labels: Tensor | None = None,
-               generator: torch.Generator | None = None, steps: int | None = None,
+               generator: RandomSource = None, steps: int | None = None,
                init: Literal["noise", "buffer"] | None = None) -> Tensor:
         """``steps`` Langevin steps (default ``sample_steps``) from uniform noise or from buffer states."""
         steps = self.sample_steps if steps is None else steps
@@ -182,7 +188,10 @@ class EBM(GenerativeModule):
         if BUFFER_KEY not in checkpoint:
             return
         buffers = [checkpoint[BUFFER_KEY], *checkpoint.get(OTHER_RANKS_KEY, [])]
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
-        # Resumed on as many processes: each rank its own chains. Otherwise (another process count,
-        # or sampling) rank 0's chains; a fit's fresh-noise reinitialisation then diversifies them.
+        trainer = self._trainer
+        fitting = trainer is not None and trainer.state.fn == "fit"
+        rank, world = (trainer.global_rank, trainer.world_size) if fitting else (0, 1)
+        # A fit resumed on as many processes: each rank its own chains. Otherwise (another process count,
+        # or test / validate / predict) rank 0's chains: on every rank, so evaluation and predicted samples
+        # do not depend on the number of processes; a fit's fresh-noise reinitialisation diversifies them.
         self.buffer.load_state_dict(buffers[rank] if len(buffers) == world else buffers[0])

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
 from lit_gen.models.flow.glow import GlowCouplingNet
 from lit_gen.models.flow.transforms import (
     AffineCoupling,
@@ -70,9 +72,9 @@ class VariationalDequantizer(nn.Module):
         v, logabsdet = self.flow(self.squeeze(eps)[0], context)
         return self.squeeze.inverse(v)[0], logabsdet
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, generator: RandomSource = None) -> tuple[Tensor, Tensor]:
         """``(u, log q(u | x))`` per example."""
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        eps = seeds.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         v, logabsdet = self.noise_to_logits(eps, x)
         # log q(u) = log N(eps) - log|dv/deps| - log|du/dv|, with log du/dv = log s(v) + log s(-v).
         log_q = -0.5 * sum_except_batch(eps * eps + LOG_2PI) - logabsdet \

@@ -21,7 +21,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_gen.errors import LitGenError
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import LitGenError, check_sizes
 from lit_gen.evaluation.likelihood import NLL, dequantize, discrete_nll_from_density, from_levels
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.flow.dequantization import VariationalDequantizer
@@ -81,6 +83,9 @@ class NormalizingFlow(GenerativeModule):
         super().__init__(**kwargs)
         if self.conditional:
             raise ValueError(f"{type(self).__name__} is unconditional (conditional=True is not supported)")
+        check_sizes(type(self).__name__, dequantizer_channels=dequantizer_channels,
+                    prior_components=prior_components)
+        check_sizes(type(self).__name__, 0, dequantizer_couplings=dequantizer_couplings)  # 0: per-pixel q
         self.preprocess = build_preprocessing(preprocessing, logit_alpha)
         self.prior = build_prior(prior, self.num_dims, prior_components)
         self.dequantizer: VariationalDequantizer | None = None
@@ -101,7 +106,7 @@ class NormalizingFlow(GenerativeModule):
         z, logabsdet_flow = self.flow(x)
         return self.prior.log_prob(z.flatten(1)) + logabsdet_pre + logabsdet_flow
 
-    def dequantized(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def dequantized(self, x: Tensor, generator: RandomSource = None) -> tuple[Tensor, Tensor]:
         """``(y, log q(u | x))``: y = (k + u) / K in the level's bin; log q = 0 for uniform noise."""
         zero = x.new_zeros(x.shape[0])
         if self.num_levels is None:
@@ -113,7 +118,7 @@ class NormalizingFlow(GenerativeModule):
         levels = torch.round(x * (self.num_levels - 1))
         return (levels + u) / self.num_levels, log_q
 
-    def nll_nats(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def nll_nats(self, x: Tensor, generator: RandomSource = None) -> Tensor:
         """Per-example nats (float64) of the discrete data: -log p(y) + log q(u | x) + D log K."""
         if self.num_levels is None:
             return -self.log_prob(x).double()
@@ -121,25 +126,25 @@ class NormalizingFlow(GenerativeModule):
         return discrete_nll_from_density(self.log_prob(y) - log_q, self.num_dims, self.num_levels)
 
     # ---------------------------------------------------------------- protocol
-    def loss(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+    def loss(self, x: Tensor, labels: Tensor | None = None, generator: RandomSource = None) -> Tensor:
         """Mean bits/dim of the batch: the optimum of the NLL, on a scale independent of the image size."""
-        return (self.nll_nats(x).mean() / (self.num_dims * math.log(2.0))).float()
+        return (self.nll_nats(x, generator).mean() / (self.num_dims * math.log(2.0))).float()
 
     @torch.no_grad()
-    def nll(self, x: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None,
+    def nll(self, x: Tensor, labels: Tensor | None = None, generator: RandomSource = None,
             **kwargs: Any) -> NLL:
         return NLL(self.nll_nats(x, generator), self.likelihood_kind)
 
     @torch.no_grad()
     def sample(self, num_samples: int, *, labels: Tensor | None = None,
-               generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+               generator: RandomSource = None, temperature: float = 1.0) -> Tensor:
         """z ~ p(z) with its spread scaled by ``temperature``, mapped back through the flow; discrete data
         lands in the level whose dequantization bin holds it."""
-        def inverse_of_fresh_latents(n: int) -> Tensor:
-            z = self.prior.sample(n, temperature, generator, device=self.device).to(self.dtype)
+        def inverse_of_fresh_latents(n: int, source: RandomSource) -> Tensor:
+            z = self.prior.sample(n, temperature, source, device=self.device).to(self.dtype)
             return self.flow.inverse(z.view(n, *self.data_shape))[0]
 
-        x = inverse_of_fresh_latents(num_samples)
+        x = inverse_of_fresh_latents(num_samples, generator)
         # A briefly trained flow's inverse can leave the numbers on rare tail latents: an affine coupling
         # divides by its scale sigmoid(h + 2), and h far outside training (an input of ~4000) makes it 0,
         # in float64 too. Such latents are drawn again (said in a warning): the samples are then from the
@@ -151,7 +156,9 @@ class NormalizingFlow(GenerativeModule):
                 break
             count = int(overflowed.sum())
             redrawn += count
-            x[overflowed] = inverse_of_fresh_latents(count)
+            # Per-example generators: only the rows that overflowed draw again, each from its own stream.
+            rows = seeds.rows(generator, overflowed.nonzero().squeeze(1))
+            x[overflowed] = inverse_of_fresh_latents(count, rows)
         else:
             raise LitGenError(f"{type(self).__name__}: the inverse flow stays non-finite after {MAX_REDRAWS} "
                               f"redraws ({redrawn} latents redrawn for {num_samples} samples)")
@@ -188,6 +195,8 @@ class Glow(NormalizingFlow):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_sizes(type(self).__name__, num_scales=num_scales, steps_per_scale=steps_per_scale,
+                    hidden_channels=hidden_channels)
         self.flow = build_glow(self.data_shape, num_scales, steps_per_scale, hidden_channels, coupling,
                                split_prior)
 
@@ -212,4 +221,6 @@ class RealNVP(NormalizingFlow):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_sizes(type(self).__name__, num_scales=num_scales, hidden_channels=hidden_channels,
+                    num_blocks=num_blocks)
         self.flow = build_realnvp(self.data_shape, num_scales, hidden_channels, num_blocks, split_prior)

@@ -13,6 +13,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
+
 LOG_2PI = math.log(2 * math.pi)
 PriorName = Literal["standard", "gaussian", "mixture"]
 
@@ -30,9 +33,9 @@ class StandardNormal(nn.Module):
     def log_prob(self, z: Tensor) -> Tensor:
         return -0.5 * (LOG_2PI * self.num_dims + (z * z).sum(-1))
 
-    def sample(self, num_samples: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+    def sample(self, num_samples: int, temperature: float = 1.0, generator: RandomSource = None,
                device: torch.device | None = None) -> Tensor:
-        return temperature * torch.randn(num_samples, self.num_dims, generator=generator, device=device)
+        return temperature * seeds.randn((num_samples, self.num_dims), generator=generator, device=device)
 
 
 class DiagonalGaussian(nn.Module):
@@ -46,9 +49,9 @@ class DiagonalGaussian(nn.Module):
     def log_prob(self, z: Tensor) -> Tensor:
         return diagonal_normal_log_prob(z, self.mean, self.log_std)
 
-    def sample(self, num_samples: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+    def sample(self, num_samples: int, temperature: float = 1.0, generator: RandomSource = None,
                device: torch.device | None = None) -> Tensor:
-        eps = torch.randn(num_samples, self.mean.numel(), generator=generator, device=device)
+        eps = seeds.randn((num_samples, self.mean.numel()), generator=generator, device=device)
         return self.mean + temperature * torch.exp(self.log_std) * eps
 
 
@@ -68,12 +71,12 @@ class GaussianMixture(nn.Module):
         per_component = diagonal_normal_log_prob(z.unsqueeze(-2), self.means, self.log_stds)
         return torch.logsumexp(per_component + torch.log_softmax(self.logits, -1), dim=-1)
 
-    def sample(self, num_samples: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+    def sample(self, num_samples: int, temperature: float = 1.0, generator: RandomSource = None,
                device: torch.device | None = None) -> Tensor:
         device = device or self.means.device
         probs = torch.softmax(self.logits.detach().float(), -1).to(device)
-        component = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
-        eps = torch.randn(num_samples, self.means.shape[1], generator=generator, device=device)
+        component = seeds.multinomial(probs, num_samples, replacement=True, generator=generator)
+        eps = seeds.randn((num_samples, self.means.shape[1]), generator=generator, device=device)
         return self.means[component] + temperature * torch.exp(self.log_stds[component]) * eps
 
 

@@ -26,7 +26,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
-from lit_gen.errors import LitGenError
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import LitGenError, check_sizes
 from lit_gen.evaluation.likelihood import quantize
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.gan.losses import ADVERSARIAL_LOSSES, gradient_penalty, r1_penalty
@@ -42,17 +44,17 @@ def default_gan_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
 
 
-def truncated_normal(shape: tuple[int, ...], truncation: float | None, generator: torch.Generator | None,
+def truncated_normal(shape: tuple[int, ...], truncation: float | None, generator: RandomSource,
                      device: torch.device) -> Tensor:
     """N(0, I) draws, restricted to [-truncation, truncation] per coordinate by inverse-CDF sampling.
 
     One pass (no rejection loop), so the draw depends on the generator only, never on how many tries it took.
     """
     if truncation is None:
-        return torch.randn(shape, generator=generator, device=device)
+        return seeds.randn(shape, generator=generator, device=device)
     if truncation <= 0:
         raise ValueError(f"truncation must be > 0 (or None for no truncation), got {truncation}")
-    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    u = seeds.rand(shape, generator=generator, device=device, dtype=torch.float64)
     lower = 0.5 * math.erfc(truncation / math.sqrt(2.0))  # Phi(-truncation)
     p = lower + u * (1.0 - 2.0 * lower)
     return (math.sqrt(2.0) * torch.erfinv(2.0 * p - 1.0)).float()
@@ -108,10 +110,11 @@ class GAN(GenerativeModule):
         if gradient_clip_norm is not None and gradient_clip_norm <= 0:
             raise LitGenError(f"gradient_clip_norm must be > 0 or null, got {gradient_clip_norm}")
         self.gradient_clip_norm = gradient_clip_norm
-        if n_critic < 1:
-            raise ValueError(f"n_critic must be >= 1, got {n_critic}")
-        if gradient_penalty < 0 or r1_penalty < 0:
-            raise ValueError("gradient_penalty and r1_penalty must be >= 0")
+        check_sizes(type(self).__name__, latent_dim=latent_dim, generator_channels=generator_channels,
+                    discriminator_channels=discriminator_channels, n_critic=n_critic)
+        for name, weight in (("gradient_penalty", gradient_penalty), ("r1_penalty", r1_penalty)):
+            if weight < 0:
+                raise ValueError(f"{name} must be >= 0, got {weight}")
         self.automatic_optimization = False
         self.latent_dim = latent_dim
         self.adversarial = ADVERSARIAL_LOSSES[loss]
@@ -135,12 +138,11 @@ class GAN(GenerativeModule):
             raise ValueError("a conditional GAN needs labels")
         return labels.long()
 
-    def latent(self, num: int, truncation: float | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+    def latent(self, num: int, truncation: float | None = None, generator: RandomSource = None) -> Tensor:
         return truncated_normal((num, self.latent_dim), truncation, generator, self.device)
 
     def generate(self, num: int, labels: Tensor | None = None, truncation: float | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: RandomSource = None) -> Tensor:
         """G(z) in the networks' space [-1, 1]."""
         return self.generator(self.latent(num, truncation, generator), self._labels(labels))
 
@@ -148,11 +150,11 @@ class GAN(GenerativeModule):
         """D's raw scores of images in [-1, 1], shape (B,)."""
         return self.discriminator(x, self._labels(labels))
 
-    def discriminator_terms(self, x: Tensor, labels: Tensor | None = None,
-                            penalties: bool = True) -> dict[str, Tensor]:
+    def discriminator_terms(self, x: Tensor, labels: Tensor | None = None, penalties: bool = True,
+                            generator: RandomSource = None) -> dict[str, Tensor]:
         """Discriminator objective on a data batch x in [0, 1] and as many generated images."""
         real = 2.0 * x - 1.0
-        fake = self.generate(x.shape[0], labels).detach()
+        fake = self.generate(x.shape[0], labels, generator=generator).detach()
         real_scores, fake_scores = self.score(real, labels), self.score(fake, labels)
         adversarial = self.adversarial.discriminator(real_scores, fake_scores)
         terms = {"loss": adversarial, "adversarial": adversarial, "real_score": real_scores.mean(),
@@ -166,21 +168,23 @@ class GAN(GenerativeModule):
             terms["loss"] = terms["loss"] + 0.5 * self.r1_weight * terms["r1_penalty"]
         return terms
 
-    def generator_loss(self, num: int, labels: Tensor | None = None) -> Tensor:
-        return self.adversarial.generator(self.score(self.generate(num, labels), labels))
+    def generator_loss(self, num: int, labels: Tensor | None = None,
+                       generator: RandomSource = None) -> Tensor:
+        return self.adversarial.generator(self.score(self.generate(num, labels, generator=generator), labels))
 
     # ---------------------------------------------------------------- protocol
-    def loss(self, x: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, labels: Tensor | None = None,
+             generator: RandomSource = None) -> dict[str, Tensor]:
         """Validation: the discriminator's adversarial loss on held-out data (no penalties: cheap), with the
         generator's loss and the mean scores; tracks the D/G balance, not sample quality (use val/fid)."""
-        terms = self.discriminator_terms(x, labels, penalties=False)
-        terms["generator_loss"] = self.generator_loss(x.shape[0], labels)
+        terms = self.discriminator_terms(x, labels, penalties=False, generator=generator)
+        terms["generator_loss"] = self.generator_loss(x.shape[0], labels, generator)
         del terms["adversarial"]
         return terms
 
     @torch.no_grad()
     def sample(self, num_samples: int, *, labels: Tensor | None = None,
-               generator: torch.Generator | None = None, truncation: float | None = None) -> Tensor:
+               generator: RandomSource = None, truncation: float | None = None) -> Tensor:
         """Images in [0, 1] (on the data's levels when discrete) from z truncated to +-``truncation``."""
         if labels is None:
             labels = self.default_labels(num_samples)

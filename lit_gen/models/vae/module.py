@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import check_sizes
 from lit_gen.evaluation.likelihood import NLL, quantize
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.vae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
@@ -63,6 +66,10 @@ class VAE(GenerativeModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_sizes(type(self).__name__, latent_dim=latent_dim, channels=channels, num_mixtures=num_mixtures,
+                    prior_components=prior_components, iwae_samples=iwae_samples,
+                    val_iwae_samples=val_iwae_samples, iwae_chunk=iwae_chunk)
+        check_sizes(type(self).__name__, 0, kl_warmup_steps=kl_warmup_steps)
         self.latent_dim = latent_dim
         self.beta = beta
         self.kl_warmup_steps = kl_warmup_steps
@@ -102,14 +109,14 @@ class VAE(GenerativeModule):
         return self.likelihood.log_prob(x, params).flatten(1).sum(1)
 
     def elbo_terms(self, x: Tensor, labels: Tensor | None = None,
-                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                   generator: RandomSource = None) -> tuple[Tensor, Tensor]:
         """(log p(x|z) with one reparameterized z ~ q, KL(q || p)) per example.
 
         The KL is analytic for the Gaussian prior and a one-sample estimate log q(z|x) - log p(z)
         (with the same z) for the mixture prior.
         """
         mean, log_var = self.encode(x, labels)
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        eps = seeds.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * log_var) * eps
         recon = self.log_likelihood(x, z, labels)
         if self.prior.has_analytic_kl:
@@ -119,13 +126,18 @@ class VAE(GenerativeModule):
         return recon, kl
 
     def iwae_nll(self, x: Tensor, labels: Tensor | None = None, num_samples: int = 100,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """-log (1/k) sum_i w_i per example, w_i = p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x)."""
+                 generator: RandomSource = None) -> Tensor:
+        """-log (1/k) sum_i w_i per example, w_i = p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x).
+
+        The k samples are drawn ``iwae_chunk`` at a time: a chunking that does not depend on the batch, so
+        per-example generators give each example the same z_i in any batch.
+        """
         mean, log_var = self.encode(x, labels)
         log_weights = []
         for start in range(0, num_samples, self.iwae_chunk):
             k = min(self.iwae_chunk, num_samples - start)
-            eps = torch.randn((k, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
+            eps = seeds.randn((k, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype,
+                              example_dim=1)
             z = mean + torch.exp(0.5 * log_var) * eps  # (k, B, latent)
             flat_z = z.flatten(0, 1)
             rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731
@@ -142,8 +154,9 @@ class VAE(GenerativeModule):
             return self.beta
         return self.beta * min(1.0, self.global_step / self.kl_warmup_steps)
 
-    def loss(self, x: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
-        recon, kl = self.elbo_terms(x, labels)
+    def loss(self, x: Tensor, labels: Tensor | None = None,
+             generator: RandomSource = None) -> dict[str, Tensor]:
+        recon, kl = self.elbo_terms(x, labels, generator)
         loss = (-recon + self.current_beta() * kl).mean()
         return {"loss": loss, "recon_nats": -recon.mean(), "kl_nats": kl.mean(),
                 "neg_elbo_nats": (kl - recon).mean()}
@@ -156,7 +169,7 @@ class VAE(GenerativeModule):
 
     @torch.no_grad()
     def nll(self, x: Tensor, labels: Tensor | None = None, num_samples: int | None = None,
-            generator: torch.Generator | None = None) -> NLL:
+            generator: RandomSource = None) -> NLL:
         """IWAE estimate with k = ``num_samples`` (default ``iwae_samples``), plus the ELBO as a term."""
         k = self.iwae_samples if num_samples is None else num_samples
         recon, kl = self.elbo_terms(x, labels, generator)
@@ -165,7 +178,7 @@ class VAE(GenerativeModule):
 
     @torch.no_grad()
     def sample(self, num_samples: int, *, labels: Tensor | None = None,
-               generator: torch.Generator | None = None, temperature: float = 1.0,
+               generator: RandomSource = None, temperature: float = 1.0,
                decode: str = "mean") -> Tensor:
         """z ~ p(z) with its spread scaled by ``temperature``, then ``decode``: ``"mean"`` (the decoder's
         expected value, snapped to the data's levels) or ``"sample"`` (a draw from p(x|z))."""

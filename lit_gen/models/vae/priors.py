@@ -11,6 +11,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lit_gen.core import seeds
+from lit_gen.core.seeds import RandomSource
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -35,9 +38,9 @@ class StandardNormalPrior(nn.Module):
         """KL(N(mean, exp(log_var)) || N(0, I)) per example."""
         return 0.5 * (mean**2 + torch.exp(log_var) - 1.0 - log_var).sum(-1)
 
-    def sample(self, num_samples: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+    def sample(self, num_samples: int, temperature: float = 1.0, generator: RandomSource = None,
                device: torch.device | None = None) -> Tensor:
-        return temperature * torch.randn(num_samples, self.latent_dim, generator=generator, device=device)
+        return temperature * seeds.randn((num_samples, self.latent_dim), generator=generator, device=device)
 
 
 class MixturePrior(nn.Module):
@@ -57,12 +60,12 @@ class MixturePrior(nn.Module):
         per_component = diagonal_gaussian_log_prob(z.unsqueeze(-2), self.means, self.log_vars)
         return torch.logsumexp(per_component + torch.log_softmax(self.logits, -1), dim=-1)
 
-    def sample(self, num_samples: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+    def sample(self, num_samples: int, temperature: float = 1.0, generator: RandomSource = None,
                device: torch.device | None = None) -> Tensor:
         device = device or self.means.device
         probs = torch.softmax(self.logits.detach(), -1).to(device)
-        component = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
-        eps = torch.randn(num_samples, self.latent_dim, generator=generator, device=device)
+        component = seeds.multinomial(probs, num_samples, replacement=True, generator=generator)
+        eps = seeds.randn((num_samples, self.latent_dim), generator=generator, device=device)
         std = torch.exp(0.5 * self.log_vars[component])
         return self.means[component] + temperature * std * eps
 
