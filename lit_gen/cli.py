@@ -10,22 +10,34 @@ levels and classes are linked into the model, so they are never typed twice.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import pickle
+import re
+import shutil
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from lit_gen.callbacks import InterruptCheckpoint
+from lit_gen.callbacks import BatchNormFromRankZero, InterruptCheckpoint
 from lit_gen.datamodules.base import GenerativeDataModule
-from lit_gen.errors import CheckpointError, LitGenError
+from lit_gen.distributed import (
+    FailureWatch,
+    check_launch,
+    end_after_lost_rank,
+    fail_run,
+    lost_another_rank,
+    rank_prefix,
+)
+from lit_gen.errors import CheckpointError, LitGenError, check_sample_knobs
 from lit_gen.evaluation.callback import GenerativeEvaluation
 from lit_gen.evaluation.writer import SampleWriter
 from lit_gen.models import import_families
@@ -33,20 +45,39 @@ from lit_gen.models.base import GenerativeModule, qualified_name
 
 CHECKPOINT_ALIASES = ("last", "best")
 
+# Two Lightning warnings that are false for lit-gen's resumes: the training sampler continues mid-epoch
+# from the restored loop state (GenerativeDataModule._resume_position), and a resumed fit writes into its
+# own run's checkpoint directory on purpose.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+#: ``--ckpt_path`` value that evaluates the randomly initialised model on purpose; subcommands that need one.
+UNTRAINED = "none"
+EVALUATING = ("test", "validate")
+
+
+def run_versions(run_root: Path) -> list[Path]:
+    """The runs under ``run_root`` (``<save_dir>/<name>``) that hold a ``last.ckpt``, oldest first.
+
+    Ordered by the logger's version number, never by file times (coarse or equal on some filesystems).
+    """
+    runs = [p.parent.parent for p in run_root.glob("version_*/checkpoints/last.ckpt")]
+    return sorted(runs, key=lambda run: (len(run.name), run.name))
+
 
 def find_run_checkpoint(run_root: Path, alias: str) -> Path:
     """``last`` / ``best`` checkpoint of the newest run under ``run_root`` (``<save_dir>/<name>``).
 
-    Runs are the logger's ``version_*`` folders; the newest one that holds a ``last.ckpt`` wins. ``best``
-    is read from that run's ModelCheckpoint state (the best model path it recorded).
+    Runs are the logger's ``version_*`` folders; the newest one that holds a ``last.ckpt`` wins (a resumed
+    run continues its own version, so the newest is the run trained last). ``best`` is read from that
+    run's ModelCheckpoint state (the best model path it recorded over the whole run).
     """
-    candidates = sorted(run_root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
+    runs = run_versions(run_root)
+    if not runs:
         raise CheckpointError(
             f"--ckpt_path {alias}: no run with a last.ckpt under {run_root}/version_*/checkpoints "
             "(train first with 'lit-gen fit' using the same config, or pass a checkpoint file)"
         )
-    last = candidates[-1]
+    last = runs[-1] / "checkpoints" / "last.ckpt"
     if alias == "last":
         return last
     state = load_checkpoint(last)
@@ -58,10 +89,61 @@ def find_run_checkpoint(run_root: Path, alias: str) -> Path:
     raise CheckpointError(f"--ckpt_path best: the run {last.parent.parent} recorded no best checkpoint that exists")
 
 
+def checkpoint_run_version(ckpt_path: str | os.PathLike, run_root: Path) -> str | None:
+    """``version_N`` when the checkpoint lies in ``run_root/version_N/checkpoints/``, else None."""
+    path = Path(ckpt_path).resolve()
+    if path.parent.name == "checkpoints" and path.parent.parent.parent == run_root.resolve():
+        return path.parent.parent.name
+    return None
+
+
+BOOKKEEPING = ("events.out.tfevents.*", "hparams.yaml", "config.yaml")
+
+
+def remove_if_only_bookkeeping(run: Path) -> None:
+    """Delete ``run`` when every file in it is logger bookkeeping (no checkpoint, metric or sample)."""
+    if not run.is_dir():
+        return
+    files = [p for p in run.rglob("*") if p.is_file()]
+    if all(any(p.match(pattern) for pattern in BOOKKEEPING) and p.parent == run for p in files):
+        shutil.rmtree(run, ignore_errors=True)
+        if run.parent.is_dir() and not any(run.parent.iterdir()):
+            run.parent.rmdir()
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """``config.yaml`` of the run, written by ``fit`` only: evaluating a checkpoint inside its run (test,
+    validate, predict) must not replace the configuration that trained it."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+
 def import_class(class_path: str) -> type:
     """The class a config's ``class_path`` names (full dotted path, as jsonargparse normalises it)."""
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+#: How a file of torch.save's legacy (non-zip) format starts: its pickled magic number, without the STOP.
+LEGACY_TORCH_HEADER = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1]
+
+
+def written_by_torch_save(path: Path) -> bool:
+    """Whether the file has the container torch.save writes (a zip archive, or the legacy header)."""
+    with path.open("rb") as f:
+        head = f.read(len(LEGACY_TORCH_HEADER))
+    return head == LEGACY_TORCH_HEADER or zipfile.is_zipfile(path)
+
+
+def unpickling_reason(err: BaseException) -> str:
+    """The unpickler's own reason, without torch's paragraphs about weights_only."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def load_checkpoint(path: str | os.PathLike, weights_only: bool = True) -> dict[str, Any]:
@@ -69,56 +151,112 @@ def load_checkpoint(path: str | os.PathLike, weights_only: bool = True) -> dict[
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): truncated or corrupt")
     try:
         state = torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as err:
-        if weights_only and "weights_only" in str(err):
+        # torch says "weights only load failed" for any unreadable pickle, garbage included. Only a file
+        # torch.save wrote whose pickle names a class is worth the advice to switch the safety off.
+        blocked = re.search(r"GLOBAL (\S+)|allowlisted", str(err))
+        if weights_only and blocked and written_by_torch_save(path):
+            what = f" ({blocked.group(1)})" if blocked.group(1) else ""
             raise CheckpointError(
-                f"checkpoint {path} holds pickled objects beyond tensors and plain values; refusing to execute "
-                "them (if you trust the file, pass --weights_only false)"
+                f"checkpoint {path} holds pickled objects beyond tensors and plain values{what}; refusing to "
+                "execute them (if you trust the file, pass --weights_only false)"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is corrupt: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a PyTorch checkpoint (unreadable pickle data: "
+            f"{unpickling_reason(err)})"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = str(err).split(". ")[0].splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first})") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
     return state
 
 
-NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
          "Expected a <class 'NoneType'>")
+CLASS_PATH_PROBLEM = "Problem with given class_path"
 
 
 def compact_parser_message(message: str) -> str:
-    """jsonargparse's diagnosis without the Union bookkeeping, on one line."""
-    lines = [ln.strip().lstrip("- ") for ln in message.splitlines()]
-    return " ".join(ln for ln in lines if ln and not any(ln.startswith(n) or n in ln for n in NOISE))
+    """jsonargparse's diagnosis on one line: without the Union bookkeeping, with the value that was given."""
+    rows = []
+    for raw in message.splitlines():
+        text = raw.strip()
+        item = text.startswith("- ")
+        rows.append((len(raw) - len(raw.lstrip()), item, text[2:].strip() if item else text))
+    # Beside a class_path problem (the diagnosis), a Union's other alternatives ("Expected a <class 'bool'>")
+    # always fail too: they are noise at that level.
+    diagnosed = {indent for indent, item, text in rows if item and text.startswith(CLASS_PATH_PROBLEM)}
+    given: list[str] = []
+    kept: list[str] = []
+    for indent, item, text in rows:
+        if text.startswith("Given value:"):
+            given.append(text.split(":", 1)[1].strip())
+        elif not text or text.startswith(NOISE) or text in kept or (
+                item and indent in diagnosed and text.startswith("Expected a ") and "Got value" not in text):
+            continue
+        elif kept and text.startswith("Expected a ") and kept[-1].startswith("Expected a "):
+            kept[-1] += " or " + text[len("Expected a "):]
+        else:
+            kept.append(text)
+    line = " ".join(kept)
+    # The innermost plain value (outer ones are jsonargparse's wrappers of the nested option).
+    value = next((v for v in given if not v.startswith(("NestedArg(", "Namespace("))), None)
+    if value is not None and "Got value" not in line:
+        line += f". Got value: {value}"
+    return line
+
+
+def option_suggestion(parser: Any, message: str) -> str:
+    """`` (did you mean --x?)`` for an unrecognized option close to one the parser has."""
+    match = re.match(r"unrecognized arguments: (--[^\s=]+)", message)
+    if not match:
+        return ""
+    options = [o for o in getattr(parser, "_option_string_actions", {}) if o.startswith("--")]
+    close = difflib.get_close_matches(match.group(1), options, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class LitGenArgumentParser(LightningArgumentParser):
     """Parse errors as one short line (plus where to look), not the full usage text."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # argparse would read `--trainer.max_epoch 2` as `--trainer.max_epochs 2`: a typo must be an error,
+        # not a silent expansion. LightningCLI builds every subcommand parser with this class.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG") or os.environ.get("LIT_GEN_DEBUG"):
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"lit-gen: error: {compact_parser_message(message)}\n(see: {prog} --help)\n")
+        line = compact_parser_message(message) + option_suggestion(parser, message)
+        sys.stderr.write(f"lit-gen: error: {line}\n(see: {prog} --help)\n")
         self.exit(2)
 
 
 def constructor_message(err: BaseException) -> str:
-    """The innermost meaningful line of an error raised while instantiating a configured class."""
-    text = str(err)
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("- ") and "Expected a <class 'NoneType'>" not in line:
-            return line[2:]
-    cause = err.__cause__ or err.__context__
-    if cause is not None and cause is not err:
-        return constructor_message(cause)
-    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    """Why a configured class could not be built: the innermost cause's message (the constructor's own
+    check, or e.g. the import error of a missing package), after the class_path jsonargparse names.
+
+    jsonargparse wraps that cause (``raise ... from``) in Union diagnostics whose error lists keep only the
+    first line of each alternative, which for a class_path is "Problem with given class_path 'X':".
+    """
+    chain = [err]
+    while chain[-1].__cause__ is not None and chain[-1].__cause__ not in chain:
+        chain.append(chain[-1].__cause__)
+    root = chain[-1]
+    text = compact_parser_message(str(root)) or type(root).__name__
+    paths = re.findall(rf"{CLASS_PATH_PROBLEM} '([^']+)'", "\n".join(str(e) for e in chain))
+    if paths and paths[-1] not in text:  # the innermost class that failed
+        text = f"{paths[-1]}: {text}"
+    return text
 
 
 class LitGenCLI(LightningCLI):
@@ -126,6 +264,7 @@ class LitGenCLI(LightningCLI):
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         import_families()  # so short class names (e.g. ``class_path: VAE``) resolve
+        kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 1234)
         kwargs.setdefault("auto_configure_optimizers", False)
@@ -177,14 +316,21 @@ class LitGenCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
             return
+        logger = config.trainer.logger
+        init = getattr(logger, "init_args", None) if logger not in (None, True, False) else None
+        save_dir = Path(getattr(init, "save_dir", None) or config.trainer.default_root_dir or "runs")
+        run_root = save_dir / (getattr(init, "name", None) or "lit-gen")
         if ckpt_path in CHECKPOINT_ALIASES:
-            logger = config.trainer.logger
-            init = getattr(logger, "init_args", None) if logger not in (None, True, False) else None
-            save_dir = Path(getattr(init, "save_dir", None) or config.trainer.default_root_dir or "runs")
-            name = getattr(init, "name", None) or "lit-gen"
-            ckpt_path = str(find_run_checkpoint(save_dir / name, ckpt_path))
+            ckpt_path = str(find_run_checkpoint(run_root, ckpt_path))
             config.ckpt_path = ckpt_path
             print(f"lit-gen: using checkpoint {ckpt_path}", file=sys.stderr)
+        # One run, one directory: a checkpoint of this config's run tree is resumed (fit) or evaluated
+        # (test / validate / predict) inside its own version, so the logger's curves continue and
+        # ModelCheckpoint keeps its best path and score (it restores them only for the same directory).
+        version = checkpoint_run_version(ckpt_path, run_root)
+        if version is not None and init is not None and getattr(init, "version", None) is None \
+                and "version" in vars(init):
+            init.version = version
         weights_only = config.get("weights_only")
         state = load_checkpoint(ckpt_path, weights_only=weights_only is not False)
         saved = state.get("lit_gen")
@@ -198,12 +344,55 @@ class LitGenCLI(LightningCLI):
             )
 
     def instantiate_classes(self) -> None:
+        self.check_sweep_knob()
         # A constructor's own check (e.g. an unknown likelihood name) reaches us wrapped by jsonargparse
         # in a page of Union diagnostics; keep the constructor's message only.
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, ImportError) as err:
             raise LitGenError(f"invalid configuration: {constructor_message(err)}") from err
+
+    def check_sweep_knob(self) -> None:
+        """``evaluation.sweep`` varies the model's ``sampling_knob``: refuse a family whose ``sample`` does
+        not take it before anything is built, not at the end of ``test``'s evaluation."""
+        evaluation, model = self._get(self.config, "evaluation"), self._get(self.config, "model")
+        if not (evaluation and evaluation.get("sweep") and model and model.get("class_path")):
+            return
+        model_class = import_class(model.class_path)
+        knob = getattr(model_class, "sampling_knob", None)
+        if knob is None:
+            raise LitGenError(f"evaluation.sweep: {model_class.__name__} names no sampling knob to sweep")
+        check_sample_knobs(model_class, [knob], f"evaluation.sweep ({model_class.__name__}.sampling_knob)")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # Evaluating without a checkpoint scores random weights: a forgotten --ckpt_path must not pass as
+        # a result. Doing it on purpose takes an explicit `--ckpt_path none`.
+        subcommand = self.config.get("subcommand")
+        if subcommand not in EVALUATING:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:  # None, or an empty string from a shell variable that was not set
+            self._subcommand_parsers[subcommand].error(
+                f"{subcommand} needs a checkpoint: --ckpt_path last, best or a .ckpt file (to evaluate the "
+                f"untrained, randomly initialised model on purpose: --ckpt_path {UNTRAINED})"
+            )
+        if str(ckpt_path).lower() == UNTRAINED:
+            config.ckpt_path = None
+            print(f"lit-gen: {subcommand} of the untrained model (--ckpt_path {UNTRAINED})", file=sys.stderr)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # No command leaves an empty version_* behind: a run directory this command created and that
+        # holds nothing but logger bookkeeping (e.g. data missing at setup) is removed when it fails.
+        log_dir = getattr(self.trainer.logger, "log_dir", None)  # None without a logger, or fast_dev_run's
+        existed = log_dir is None or Path(log_dir).is_dir()
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if not existed and self.trainer.is_global_zero:
+                remove_if_only_bookkeeping(Path(log_dir))
+            raise
 
     def instantiate_trainer(self, **kwargs: Any):
         # A rich progress bar by default, unless the user disabled bars or brought their own; a checkpoint
@@ -217,11 +406,17 @@ class LitGenCLI(LightningCLI):
             callbacks.append(RichProgressBar())
         if not any(isinstance(c, InterruptCheckpoint) for c in callbacks):
             callbacks.append(InterruptCheckpoint())
+        callbacks.append(FailureWatch())  # under DDP: a failure on one rank ends every rank in one line
+        callbacks.append(BatchNormFromRankZero())  # under DDP: the ranks' running statistics stay rank 0's
         trainer_config["callbacks"] = callbacks
         trainer = super().instantiate_trainer(**kwargs)
+        check_launch(trainer, str(trainer_config.get("strategy")))
         # Evaluation must sample while an EMA / weight-averaging callback has the averaged weights swapped
         # in: hooks run in list order and WeightAveraging swaps back in its on_validation_epoch_end.
-        trainer.callbacks.sort(key=lambda c: 0 if isinstance(c, GenerativeEvaluation) else 1)
+        # InterruptCheckpoint's end-of-fit save must come before WeightAveraging copies the average into the
+        # module at on_train_end; BatchNormFromRankZero's sync before WeightAveraging's update of each batch.
+        trainer.callbacks.sort(key=lambda c: 0 if isinstance(c, GenerativeEvaluation)
+                               else 1 if isinstance(c, (InterruptCheckpoint, BatchNormFromRankZero)) else 2)
         return trainer
 
 
@@ -235,15 +430,27 @@ def main(args: Any = None) -> None:
     except (LitGenError, MisconfigurationException) as err:  # the latter: Lightning's own config checks
         if os.environ.get("LIT_GEN_DEBUG"):
             raise
-        print(f"lit-gen: error: {err}", file=sys.stderr)
+        print(f"lit-gen: error: {rank_prefix()}{err}", file=sys.stderr)
+        fail_run(str(err))  # under DDP: the other ranks name this error and stop, instead of hanging
         raise SystemExit(1) from None
     except SIGTERMException:
+        if InterruptCheckpoint.last_stop_was_ctrl_c():
+            print("lit-gen: interrupted; last.ckpt saved at a batch boundary: resume with --ckpt_path last",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
         print("lit-gen: stopped by SIGTERM; a fit saved last.ckpt first: resume with --ckpt_path last",
               file=sys.stderr)
         raise SystemExit(143) from None
     except KeyboardInterrupt:
         print("lit-gen: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except Exception as err:
+        if lost_another_rank(err) and not os.environ.get("LIT_GEN_DEBUG"):
+            # Not this rank's error: the backend's traceback would only say that another rank is gone.
+            end_after_lost_rank()
+            raise SystemExit(1) from None
+        fail_run(f"{type(err).__name__}: {err}")  # a bug: its traceback follows, the other ranks stop
+        raise
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence, Sized
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from lit_gen.errors import LitGenError
 from lit_gen.evaluation.sampling import SampleRequests
@@ -94,16 +94,37 @@ class GenerativeDataModule(L.LightningDataModule):
         # Neither the shuffle nor the loader's worker seeds draw from the global random stream: the data
         # order is a function of (seed, epoch), and a resumed run's model noise continues exactly.
         seed = torch.initial_seed()
+        if shuffle:
+            epoch, done = self._resume_position()
+            sampler: Sampler | None = EpochShuffle(dataset, seed, epoch=epoch, skip=done * batch_size)
+        else:
+            sampler = evaluation_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochShuffle(dataset, seed) if shuffle else evaluation_sampler(dataset),
+            sampler=sampler,
             generator=torch.Generator().manual_seed(seed),
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _resume_position(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained) where a resumed fit continues; (0, 0) for a fresh one.
+
+        Read from the trainer's own loop progress, which Lightning restores from the checkpoint before it
+        asks for the training loader: a run stopped after batch k of an epoch resumes at batch k + 1 of
+        the same permutation, so every example is seen exactly once per epoch.
+        """
+        trainer = self.trainer  # None outside a Trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return 0, 0
+        loop = trainer.fit_loop
+        progress = loop.epoch_loop.batch_progress
+        epoch = loop.epoch_progress.current.processed  # the epoch Lightning will set on the sampler
+        done = 0 if progress.is_last_batch else progress.current.processed
+        return epoch, done
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", batch_size=self.batch_size, shuffle=True)
@@ -117,9 +138,19 @@ class GenerativeDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Sample requests for ``lit-gen predict``: ``predict_num_samples`` in chunks of ``eval_batch_size``.
 
-        Chunk i is drawn with seed ``predict_seed + i``, so the samples do not depend on the device count.
+        Sample j is drawn from its own generator seeded ``predict_seed + j``, so the samples depend neither on
+        the chunk size nor on the device count. Under DDP, fewer chunks than processes are cut smaller so
+        that every process gets one: Lightning refuses a predict run in which a rank has no batch.
         """
-        requests = SampleRequests(self.predict_num_samples, self.eval_batch_size, self.predict_seed)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        world = torch.distributed.get_world_size() if distributed else 1
+        if self.predict_num_samples < world:
+            raise LitGenError(f"predict_num_samples ({self.predict_num_samples}) must be at least the number of "
+                              f"processes ({world}): each process draws at least one sample")
+        chunk = self.eval_batch_size
+        if -(-self.predict_num_samples // chunk) < world:
+            chunk = -(-self.predict_num_samples // world)
+        requests = SampleRequests(self.predict_num_samples, chunk, self.predict_seed)
         return DataLoader(requests, batch_size=1, shuffle=False)
 
     def __str__(self) -> str:
@@ -174,25 +205,37 @@ class LevelTensorDataset(Dataset):
         return list(zip(xs, self.labels[index].unbind(0)))
 
 
-class EpochShuffle(RandomSampler):
+class EpochShuffle(DistributedSampler):
     """A fresh permutation every epoch, drawn from ``(seed, epoch)`` only (Lightning calls ``set_epoch``).
 
-    Resuming at epoch e reproduces epoch e's order without replaying the random stream. Under DDP
-    Lightning replaces any RandomSampler by its DistributedSampler, which is seeded per epoch as well.
+    Resuming at epoch e reproduces epoch e's order without replaying the random stream, and ``skip``
+    drops the examples of that epoch a stopped run had already trained on. Under DDP each rank takes
+    every W-th index of the same permutation (padded to a multiple of W, as DistributedSampler does);
+    being a DistributedSampler itself, Lightning keeps it instead of substituting its own.
     """
 
-    def __init__(self, data_source: Sized, seed: int) -> None:
-        super().__init__(data_source)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
+    def __init__(self, dataset: Dataset, seed: int, *, epoch: int = 0, skip: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None) -> None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if num_replicas is None:
+            num_replicas = torch.distributed.get_world_size() if distributed else 1
+        if rank is None:
+            rank = torch.distributed.get_rank() if distributed else 0
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=int(seed))
         self.epoch = int(epoch)
+        self._skip_epoch, self._skip = int(epoch), int(skip)
 
     def __iter__(self) -> Iterator[int]:
         # A generator function: the permutation is drawn at the first batch, after set_epoch.
         generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        if self.num_replicas > 1:
+            order += order[: self.total_size - len(order)]
+            order = order[self.rank : self.total_size : self.num_replicas]
+        if self.epoch == self._skip_epoch and self._skip:
+            order = order[self._skip :]
+        self._skip = 0  # only the epoch the run was stopped in is partly done
+        yield from order
 
 
 def evaluation_sampler(dataset: Dataset) -> Sampler | None:

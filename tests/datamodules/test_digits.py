@@ -5,9 +5,10 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 from lit_gen.datamodules import DigitsDataModule, GenerativeDataModule
+from lit_gen.datamodules.base import EpochShuffle
 from lit_gen.errors import LitGenError
 
 
@@ -102,7 +103,8 @@ def test_dataloaders(digits):
     x, y = next(iter(train))
     assert x.shape == (32, 1, 8, 8) and x.dtype == torch.float32
     assert y.shape == (32,) and y.dtype == torch.int64
-    assert isinstance(train.sampler, RandomSampler) and not train.drop_last
+    assert isinstance(train.sampler, EpochShuffle) and not train.drop_last
+    assert sorted(train.sampler) == list(range(len(train.dataset)))  # a permutation: shuffled, complete
     val = digits.val_dataloader()
     assert isinstance(val.sampler, SequentialSampler) and not val.drop_last
     assert sum(len(b[0]) for b in digits.test_dataloader()) == 300
