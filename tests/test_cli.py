@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# Imported at collection: Lightning's log handler keeps the stream of its import, which must not be one
+# test's capsys (closed after that test: later log lines would print "Logging error" tracebacks).
+import lightning.pytorch  # noqa: F401
 import numpy as np
 import pytest
 import torch
@@ -86,30 +89,33 @@ def test_predict_writes_grid_pngs_and_npz_reproducibly(tmp_path):
 
 # ------------------------------------------------------------------------------------------ bad input
 def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    return err[-1] if err else ""
+    """The error on stderr: exactly one ``lit-gen: error:`` line, no traceback; returned from that line on
+    (a few messages list places they looked on the lines after it)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("lit-gen: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return err[err.index(lines[0]):].strip()
 
 
 def test_unknown_key_is_a_short_error(capsys, tmp_path):
     code = run_cli(["fit", "--config", QUICKSTART, *quiet_trainer_args(tmp_path), "--model.init_args.latnt_dim=3"])
     assert code == 2
-    assert "latnt_dim" in capsys.readouterr().err
+    assert "latnt_dim" in error_line(capsys)
 
 
 def test_bad_value_is_a_short_error(capsys, tmp_path):
     code = run_cli(["fit", "--config", QUICKSTART, *quiet_trainer_args(tmp_path),
                     "--model.init_args.likelihood=gaussianish", "--trainer.fast_dev_run=true"])
     assert code != 0
-    assert "gaussianish" in capsys.readouterr().err
+    assert "gaussianish" in error_line(capsys)
 
 
 def test_missing_dataset_names_the_files(capsys, tmp_path):
     code = run_cli(["fit", "--config", str(ROOT / "configs" / "vae" / "mnist.yaml"), *quiet_trainer_args(tmp_path),
                     f"--data.init_args.root={tmp_path / 'nowhere'}", "--trainer.fast_dev_run=true"])
     assert code == 1
-    err = capsys.readouterr().err
+    err = error_line(capsys)
     assert "lit-gen: error: MNIST" in err and "train-images-idx3-ubyte" in err and "download" in err
-    assert "Traceback" not in err
     assert not (tmp_path / "test").exists(), "a failed start must not leave a run directory behind"
 
 
@@ -161,7 +167,8 @@ def test_checkpoint_of_another_shape_is_refused(capsys, tmp_path):
     code = run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path), *TINY_VAE,
                     f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--model.init_args.latent_dim=5"])
     assert code == 1
-    assert "latent_dim" in error_line(capsys) or "size mismatch" in error_line(capsys)
+    # stderr is read once: the error names the hyperparameter that differs, with both values.
+    assert "latent_dim=4 in the checkpoint, 5 in the config" in error_line(capsys)
 
 
 def test_two_process_fit_and_test_with_sample_metrics(tmp_path):
@@ -188,25 +195,40 @@ def test_lightning_configuration_errors_are_one_line(capsys, tmp_path):
     code = run_cli(["fit", "--config", str(ROOT / "configs" / "gan" / "digits.yaml"), *quiet_trainer_args(tmp_path),
                     "--trainer.gradient_clip_val=1.0", "--trainer.fast_dev_run=true"])
     assert code == 1
-    err = capsys.readouterr().err
-    assert "lit-gen: error:" in err and "clipping" in err and "Traceback" not in err
+    assert "clipping" in error_line(capsys)
 
 
 def test_knob_sweep_writes_a_table_a_plot_and_a_grid_per_value(tmp_path):
-    fit_tiny(tmp_path, "sweep")
-    code = run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "sweep"), *TINY_VAE,
-                    "--ckpt_path=last", "--trainer.limit_test_batches=1", "--evaluation.test_num_samples=12",
-                    "--evaluation.sample_batch_size=6", "--evaluation.grid_size=6",
-                    "--evaluation.sweep=[0.5, 1.0]"])
-    assert code == 0
-    run = sorted((tmp_path / "sweep").glob("version_*"), key=lambda p: p.stat().st_mtime)[-1]
+    """Each row of sweep.md holds the sample metrics of its own knob value: FID, precision and recall at
+    temperature t equal those of a plain ``test`` with ``sample_kwargs: {temperature: t}``."""
+    run = fit_tiny(tmp_path, "sweep")
+    test = ["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "sweep"), *TINY_VAE,
+            "--ckpt_path=last", "--trainer.limit_test_batches=1", "--evaluation.test_num_samples=12",
+            "--evaluation.sample_batch_size=6", "--evaluation.grid_size=6", "--evaluation.precision_recall=true"]
+    assert run_cli([*test, "--evaluation.sweep=[0.5, 1.0]"]) == 0
     table = (run / "sweep.md").read_text().splitlines()
     header = next(line for line in table if line.startswith("| temperature"))
-    assert {"fid", "precision", "recall"} <= {c.strip() for c in header.strip("|").split("|")}
-    rows = [line for line in table if line.startswith("| 0.5") or line.startswith("| 1 ")]
-    assert len(rows) == 2 and rows[0] != rows[1], "each knob value has its own row of different numbers"
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert {"fid", "precision", "recall"} <= set(columns)
+    rows = {}
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in ("0.5", "1"):
+            rows[cells[0]] = dict(zip(columns, cells))
+    assert set(rows) == {"0.5", "1"}
+    assert rows["0.5"]["fid"] != rows["1"]["fid"], "the two temperatures draw other samples"
     assert (run / "sweep.png").stat().st_size > 0
     assert len(list((run / "samples").glob("sweep_temperature_*.png"))) == 2
+
+    # The sweep's test itself evaluated the config's sample_kwargs (temperature 1); then one at 0.5.
+    from lit_gen.evaluation.report import format_value
+
+    at = {"1": json.loads((run / "metrics.json").read_text())["metrics"]}
+    assert run_cli([*test, "--model.init_args.sample_kwargs={temperature: 0.5}"]) == 0
+    at["0.5"] = json.loads((run / "metrics.json").read_text())["metrics"]
+    for value, metrics in at.items():
+        for name in ("fid", "precision", "recall"):
+            assert rows[value][name] == format_value(metrics[name]["value"]), (value, name)
 
 
 def test_testing_a_checkpoint_twice_gives_the_same_metrics(tmp_path):
@@ -230,3 +252,57 @@ def test_checkpoint_of_another_family_names_both(capsys, tmp_path):
     assert code == 1
     line = error_line(capsys)
     assert "VAE" in line and "GatedPixelCNN" in line
+
+
+def test_ckpt_path_best_evaluates_the_best_checkpoint_not_the_last(capsys, tmp_path):
+    """``mode: max`` on val/nll makes the first epoch's (untrained, worst) checkpoint the best: ``--ckpt_path
+    best`` must test that one, the file ModelCheckpoint recorded, and say so when it is gone."""
+    run = fit_tiny(tmp_path, "best", ["--checkpoint.mode=max", "--evaluation.every_n_epochs=0"])
+    last = run / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    recorded = next(v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    best = Path(recorded["best_model_path"])
+    assert best.parent == last.parent and best.is_file()
+    assert torch.load(best, weights_only=True)["global_step"] == 3 < state["global_step"] == 6
+    test = ["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "best"), *TINY_VAE,
+            "--trainer.limit_test_batches=1", "--evaluation.fid=false", "--evaluation.grid_size=0"]
+    assert run_cli([*test, "--ckpt_path=best"]) == 0
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["checkpoint"] == str(best)
+    assert run_cli([*test, f"--ckpt_path={last}"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["metrics"]["nll"]["value"] != \
+        report["metrics"]["nll"]["value"], "the best and the last checkpoint hold other weights"
+
+    best.unlink()
+    capsys.readouterr()
+    assert run_cli([*test, "--ckpt_path=best"]) == 1
+    assert f"--ckpt_path best: the run {run} recorded no best checkpoint that exists" in error_line(capsys)
+
+
+def test_ckpt_path_best_without_a_best_checkpoint_is_an_error(capsys, tmp_path):
+    run = fit_tiny(tmp_path, "nobest", ["--checkpoint.save_top_k=0", "--evaluation.every_n_epochs=0"])
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
+    capsys.readouterr()
+    code = run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "nobest"), *TINY_VAE,
+                    "--ckpt_path=best"])
+    assert code == 1
+    assert "recorded no best checkpoint" in error_line(capsys)
+    assert not (run / "metrics.json").exists()
+
+
+def test_lit_gen_debug_shows_the_traceback_instead_of_one_line(capsys, tmp_path, monkeypatch):
+    from lit_gen.errors import CheckpointError
+
+    missing = ["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path), f"--ckpt_path={tmp_path / 'no.ckpt'}"]
+    assert run_cli(missing) == 1
+    assert "does not exist" in error_line(capsys)
+    monkeypatch.setenv("LIT_GEN_DEBUG", "1")
+    # The error propagates out of main (Python prints its traceback), from where it was raised.
+    with pytest.raises(CheckpointError, match="does not exist") as info:
+        run_cli(missing)
+    assert info.traceback[-1].name == "load_checkpoint"
+    assert "lit-gen: error:" not in capsys.readouterr().err
+    # A parse error shows jsonargparse's whole diagnosis, not the one-line summary.
+    assert run_cli(["fit", "--config", QUICKSTART, "--model.init_args.latnt_dim=3"]) == 2
+    err = capsys.readouterr().err
+    assert "latnt_dim" in err and "lit-gen: error:" not in err and len(err.strip().splitlines()) > 1

@@ -129,15 +129,17 @@ class VAE(GenerativeModule):
                  generator: RandomSource = None) -> Tensor:
         """-log (1/k) sum_i w_i per example, w_i = p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x).
 
-        The k samples are drawn ``iwae_chunk`` at a time: a chunking that does not depend on the batch, so
-        per-example generators give each example the same z_i in any batch.
+        The k samples' noise is drawn in one piece (k latent vectors per example) and decoded ``iwae_chunk``
+        at a time, so per-example generators give each example the same z_i in any batch and for any
+        ``iwae_chunk`` (a memory bound, not a change of the estimate).
         """
         mean, log_var = self.encode(x, labels)
+        noise = seeds.randn((num_samples, *mean.shape), generator=generator, device=mean.device,
+                            dtype=mean.dtype, example_dim=1)
         log_weights = []
         for start in range(0, num_samples, self.iwae_chunk):
             k = min(self.iwae_chunk, num_samples - start)
-            eps = seeds.randn((k, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype,
-                              example_dim=1)
+            eps = noise[start:start + k]
             z = mean + torch.exp(0.5 * log_var) * eps  # (k, B, latent)
             flat_z = z.flatten(0, 1)
             rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731
@@ -157,7 +159,8 @@ class VAE(GenerativeModule):
     def loss(self, x: Tensor, labels: Tensor | None = None,
              generator: RandomSource = None) -> dict[str, Tensor]:
         recon, kl = self.elbo_terms(x, labels, generator)
-        loss = (-recon + self.current_beta() * kl).mean()
+        beta = self.current_beta() if self.training else 1.0  # evaluation (val/loss) is the -ELBO
+        loss = (-recon + beta * kl).mean()
         return {"loss": loss, "recon_nats": -recon.mean(), "kl_nats": kl.mean(),
                 "neg_elbo_nats": (kl - recon).mean()}
 

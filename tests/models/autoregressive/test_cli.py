@@ -4,12 +4,14 @@ fit + test on digits reports the NLL as exact in metrics.json."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import ROOT, quiet_trainer_args, run_cli
 from tests.datamodules.conftest import make_idx_set, write_cifar_batch
+from tests.models.recompute import split_nll
 
 CONFIGS = ROOT / "configs" / "autoregressive"
 FAST = ["--trainer.fast_dev_run=true", "--evaluation.fid=false"]
@@ -136,3 +138,7 @@ def test_fit_then_test_reports_an_exact_nll(tmp_path):
     assert metrics["nll"]["kind"] == "exact" and metrics["bpd"]["kind"] == "exact"
     assert metrics["bpd"]["value"] == pytest.approx(metrics["nll"]["value"] / (64 * np.log(2)))
     assert 0 < metrics["bpd"]["value"] < np.log2(17) + 0.5  # near-uniform after two steps, never negative
+    # The number is the checkpoint's nll on the test split's first batch, recomputed outside the Trainer.
+    assert metrics["nll"]["n"] == 64
+    recomputed = split_nll(common, Path(report["checkpoint"]), num_batches=1)
+    assert metrics["nll"]["value"] == pytest.approx(recomputed, rel=1e-6)

@@ -169,17 +169,66 @@ def test_ensemble_sample_frequencies_match_the_model_probabilities():
     assert 0.5 * (freq - probs).abs().sum() < 0.02
 
 
+def kolmogorov_smirnov_to_uniform(u: torch.Tensor) -> float:
+    """sup |F_n(u) - u| of the empirical CDF of ``u`` against U(0, 1)."""
+    u, _ = u.double().sort()
+    i = torch.arange(1, len(u) + 1, dtype=torch.float64)
+    return torch.maximum(i / len(u) - u, u - (i - 1) / len(u)).max().item()
+
+
 def test_gaussian_mixture_samples_follow_the_density():
     """A mixture head's sample mean and variance match the model's (x2 | x1 via the second conditional)."""
     model = tiny_made((2,), None, hidden=(16,), likelihood="gaussian_mixture", num_mixtures=3, seed=1).float()
-    s = model.sample(40000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # larger weights: x2's conditional moves a lot with x1 (mean spread ~0.2 of 0.74)
+        for layer in model.net.hidden:
+            layer.weight.mul_(4)
+    n = 40000
+    s = model.sample(n, generator=torch.Generator().manual_seed(0))
     params = model.conditionals(torch.zeros(1, 2))[0, :, 0]  # p(x1): no inputs before it
     w, mu, log_s = params.double().chunk(3)
     w = torch.softmax(w, 0)
     mean = (w * mu).sum()
     var = (w * (torch.exp(2 * log_s) + mu**2)).sum() - mean**2
-    assert s[:, 0].double().mean().item() == pytest.approx(mean.item(), abs=4 * math.sqrt(var.item() / 40000))
+    assert s[:, 0].double().mean().item() == pytest.approx(mean.item(), abs=4 * math.sqrt(var.item() / n))
     assert s[:, 0].double().var().item() == pytest.approx(var.item(), rel=0.05)
+
+    # x2 | x1: each sample's x2 pushed through the CDF of its own conditional p(x2 | x1) is U(0, 1)
+    # (probability integral transform); the same x2 under the conditional of another sample's x1 is not.
+    def conditional_cdf(x1, x2):
+        with torch.no_grad():
+            weights, means, log_scales = model.conditionals(torch.stack([x1, torch.zeros_like(x1)], 1))[:, :, 1] \
+                .double().chunk(3, dim=1)
+        z = (x2.double()[:, None] - means) / log_scales.exp()
+        return (torch.softmax(weights, 1) * torch.special.ndtr(z)).sum(1)
+
+    bound = 1.63 / math.sqrt(n)  # the Kolmogorov-Smirnov test's 1 % critical value
+    assert kolmogorov_smirnov_to_uniform(conditional_cdf(s[:, 0], s[:, 1])) < bound
+    shuffled = s[torch.randperm(n, generator=torch.Generator().manual_seed(1)), 0]
+    assert kolmogorov_smirnov_to_uniform(conditional_cdf(shuffled, s[:, 1])) > 10 * bound
+
+
+def test_categorical_samples_follow_each_conditional():
+    """Two dimensions, four levels: for each level a of x1, the frequencies of x2 among samples with
+    x1 = a are the softmax of the second conditional's logits at x1 = a (enumerated)."""
+    levels, n = 4, 40000
+    model = tiny_made((2,), levels, hidden=(16,), seed=2).float()
+    with torch.no_grad():
+        for layer in model.net.hidden:
+            layer.weight.mul_(4)
+    s = to_levels(model.sample(n, generator=torch.Generator().manual_seed(0)), levels)
+    x1 = from_levels(torch.arange(levels), levels)
+    with torch.no_grad():
+        logits = model.conditionals(torch.stack([x1, torch.zeros(levels)], 1))  # (a, K, D)
+    first = torch.softmax(logits[0, :, 0].double(), 0)  # p(x1): the same row for every input
+    second = torch.softmax(logits[:, :, 1].double(), 1)  # p(x2 | x1 = a), row a
+    counts = torch.zeros(levels, levels, dtype=torch.float64).index_put_((s[:, 0], s[:, 1]),
+                                                                        torch.ones(n, dtype=torch.float64),
+                                                                        accumulate=True)
+    assert 0.5 * (counts.sum(1) / n - first).abs().sum() < 0.01
+    for a in range(levels):
+        assert counts[a].sum() > 1000, "every level of x1 must be drawn often enough to be tested"
+        assert 0.5 * (counts[a] / counts[a].sum() - second[a]).abs().sum() < 0.03, a
+    assert 0.5 * (second[0] - second[1:]).abs().sum(1).max() > 0.1, "x2 must depend on x1 for this to test it"
 
 
 def test_bad_configurations_are_refused():

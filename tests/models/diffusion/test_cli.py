@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import ROOT, quiet_trainer_args, run_cli
 from tests.datamodules.conftest import make_idx_set, write_cifar_batch
+from tests.models.recompute import split_nll
 
 CONFIGS = ROOT / "configs" / "diffusion"
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -62,9 +63,14 @@ def test_fit_test_predict_round_trip_of_a_conditional_model(tmp_path):
                     "--evaluation.test_num_samples=8", "--evaluation.sample_batch_size=8",
                     "--evaluation.fid=false",
                     "--evaluation.grid_size=8"]) == 0
-    metrics = json.loads(max((tmp_path / "diff").glob("version_*/metrics.json")).read_text())["metrics"]
+    report = json.loads(max((tmp_path / "diff").glob("version_*/metrics.json")).read_text())
+    metrics = report["metrics"]
     assert metrics["nll"]["kind"] == "bound" and metrics["bpd"]["kind"] == "bound"
     assert metrics["nll"]["n"] == 64 and 0 < metrics["bpd"]["value"] < 20
+    # The bound is the checkpoint's (every term, x_t seeded per example, labels of the data) on the test
+    # split's first batch, recomputed outside the Trainer.
+    recomputed = split_nll(["--config", config, *common], Path(report["checkpoint"]), num_batches=1)
+    assert metrics["nll"]["value"] == pytest.approx(recomputed, rel=1e-6)
 
     knobs = "{sampler: ddim, steps: 5, eta: 0.0, guidance_scale: 2.0}"
     outputs = []

@@ -34,11 +34,81 @@ class LabelProbe(nn.Module):
         return self.scale * (0.5 * x + shift + time.view(-1, 1, 1, 1) / 1000)
 
 
+def linear_schedule(num_timesteps):
+    """Ho et al.'s linear betas rescaled by 1000 / T, with their coefficients (:func:`coefficients`)."""
+    scale = 1000 / num_timesteps
+    return coefficients(torch.linspace(scale * 1e-4, min(scale * 0.02, 0.999), num_timesteps, dtype=torch.float64))
+
+
+def cosine_schedule(num_timesteps, offset):
+    """Nichol & Dhariwal's abar(t) = cos^2((t/T + s) / (1 + s) pi/2), betas from its ratios (clipped)."""
+    steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    abar = torch.cos((steps + offset) / (1 + offset) * math.pi / 2) ** 2
+    return coefficients((1 - abar[1:] / abar[:-1]).clamp(max=0.999))
+
+
+def coefficients(betas):
+    """The products of the betas and the posterior q(x_{t-1} | x_t, x_0)'s coefficients, written out here in
+    float64 (0-based t, abar_{-1} = 1)."""
+    abar = torch.cumprod(1 - betas, 0)
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    return {"beta": betas, "abar": abar, "c0": betas * abar_prev.sqrt() / (1 - abar),
+            "ct": (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar), "var": betas * (1 - abar_prev) / (1 - abar)}
+
+
+def gaussian_kl(m1, v1, m2, v2):
+    """KL(N(m1, v1) || N(m2, v2)), elementwise, the closed form."""
+    return 0.5 * (torch.log(v2 / v1) + v1 / v2 + (m1 - m2) ** 2 / v2 - 1)
+
+
+def discretized_gaussian_nll(x0, mean, std, num_levels):
+    """-log P(x0) per dimension: the Gaussian's mass on the level's bin, the edge bins open to +-inf."""
+    from torch.special import ndtr
+
+    half = 1 / (num_levels - 1)
+    upper = torch.where(x0 > 1 - half / 2, torch.ones_like(x0), ndtr((x0 + half - mean) / std))
+    lower = torch.where(x0 < -1 + half / 2, torch.zeros_like(x0), ndtr((x0 - half - mean) / std))
+    return -torch.log(upper - lower)
+
+
+def record_backbone(model):
+    """Every call of the backbone: (its input x_t, its time input, its output)."""
+    calls = []
+    model.backbone.register_forward_hook(lambda module, args, out: calls.append(
+        (args[0].detach().double(), args[1].detach(), out.detach().double())))
+    return calls
+
+
 def test_loss_terms_and_vlb_weighting():
-    model = Diffusion(data_shape=(1, 8, 8), num_levels=17, backbone=TINY, num_timesteps=50, vlb_weight=0.5)
-    out = model.loss(digits_batch(), generator=torch.Generator().manual_seed(0))
+    """loss = mse + vlb_weight * T * L_t / D, rebuilt from the backbone's own input and output: the noise
+    of x_t, the closed-form KL of the posteriors (the decoder's discretized NLL at t = 0)."""
+    T, B = 50, 512
+    model = Diffusion(data_shape=(1, 8, 8), num_levels=17, backbone=TINY, num_timesteps=T, vlb_weight=0.5)
+    torch.manual_seed(0)
+    nn.init.normal_(model.backbone.out[-1].weight, std=0.1)  # an output that is not eps = 0
+    calls = record_backbone(model)
+    x = digits_batch(B)
+    out = model.loss(x, generator=torch.Generator().manual_seed(0))
     assert set(out) == {"loss", "mse", "vlb_per_dim"}
     assert out["loss"].item() == pytest.approx(out["mse"].item() + 0.5 * out["vlb_per_dim"].item(), rel=1e-5)
+    (xt, time, eps_hat), = calls
+    s, x0 = linear_schedule(T), (2 * x - 1).double()
+    t = torch.round(time.double() * T / 1000).long()
+    assert torch.allclose(t.double() * 1000 / T, time.double()), "the backbone sees t rescaled to [0, 1000)"
+    at = lambda name: s[name][t].view(-1, 1, 1, 1)
+    noise = (xt - at("abar").sqrt() * x0) / (1 - at("abar")).sqrt()
+    assert abs(noise.mean().item()) < 0.02 and noise.var().item() == pytest.approx(1.0, abs=0.03)
+    assert set(t.tolist()) == set(range(T)), "t ~ U{0..T-1}"
+    mse = (eps_hat - noise).pow(2).flatten(1).mean(1)
+    x0_hat = (xt - (1 - at("abar")).sqrt() * eps_hat) / at("abar").sqrt()
+    var = torch.where(t == 0, s["var"][1], s["var"][t]).view(-1, 1, 1, 1)  # "small": beta~_t (beta~_1 at 0)
+    model_mean = at("c0") * x0_hat + at("ct") * xt
+    kl = gaussian_kl(at("c0") * x0 + at("ct") * xt, var, model_mean, var).flatten(1).sum(1)
+    decoder = discretized_gaussian_nll(x0, model_mean, var.sqrt(), 17).flatten(1).sum(1)
+    vlb_per_dim = torch.where(t == 0, decoder, kl) * T / 64
+    assert out["mse"].item() == pytest.approx(mse.mean().item(), rel=1e-5)
+    assert out["vlb_per_dim"].item() == pytest.approx(vlb_per_dim.mean().item(), rel=1e-4)
+    assert out["loss"].item() == pytest.approx(mse.mean().item() + 0.5 * vlb_per_dim.mean().item(), rel=1e-4)
     out["loss"].backward()
     assert all(p.grad is not None for p in model.backbone.parameters())
     # a fresh U-Net predicts eps = 0: L_simple is the noise's variance
@@ -112,6 +182,78 @@ def test_nll_is_a_bound_with_every_term_and_the_subset_estimate_is_labelled():
                                         "vlb_subset_bpd": "estimate"}
 
 
+def test_the_bound_is_its_terms_written_out():
+    """Every term of the bound recomputed from the x_t the backbone saw and what it answered: the prior's
+    KL against N(0, I), the closed-form KL of q(x_{t-1} | x_t, x_0) and the model's step (variance beta_t)
+    for each t >= 1, the discretized Gaussian decoder at t = 0 (clipped x0 prediction, width beta~_1)."""
+    T, B = 30, 4
+    model = Diffusion(data_shape=(1, 8, 8), num_levels=17, backbone=TINY, num_timesteps=T,
+                      model_variance="large").eval()
+    torch.manual_seed(0)
+    nn.init.normal_(model.backbone.out[-1].weight, std=0.1)
+    x = digits_batch(B)
+    nll = model.nll(x, generator=torch.Generator().manual_seed(0)).nats
+    calls = record_backbone(model)
+    terms = model.vlb(x, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(nll, terms.total)
+
+    s, x0 = linear_schedule(T), (2 * x - 1).double()
+    xt, time, eps_hat = (torch.cat(parts) for parts in zip(*calls))
+    t = torch.round(time.double() * T / 1000).long()
+    example = torch.arange(len(t)) % B  # the denoiser sees x0.repeat(k, ...)-shaped batches
+    assert sorted(zip(example.tolist(), t.tolist())) == [(i, s_) for i in range(B) for s_ in range(T)]
+    at = lambda name: s[name][t].view(-1, 1, 1, 1)
+    x0_hat = ((xt - (1 - at("abar")).sqrt() * eps_hat) / at("abar").sqrt()).clamp(-1, 1)
+    mean_q, mean_p = at("c0") * x0[example] + at("ct") * xt, at("c0") * x0_hat + at("ct") * xt
+    kl = gaussian_kl(mean_q, at("var"), mean_p, at("beta")).flatten(1).sum(1)
+    decoder = discretized_gaussian_nll(x0[example], mean_p, s["var"][1].sqrt(), 17).flatten(1).sum(1)
+    abar_last = s["abar"][-1]
+    prior = gaussian_kl(abar_last.sqrt() * x0, 1 - abar_last, torch.zeros(()), torch.ones(())).flatten(1).sum(1)
+    by_example = lambda v: torch.zeros(B, dtype=torch.float64).index_add(0, example, v)
+    expected = {"prior": prior, "decoder": by_example(torch.where(t == 0, decoder, 0.0)),
+                "diffusion": by_example(torch.where(t == 0, 0.0, kl))}
+    for name, value in expected.items():
+        torch.testing.assert_close(getattr(terms, name), value, rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(terms.total, sum(expected.values()), rtol=1e-5, atol=1e-6)
+
+
+class ConstantImage(nn.Module):
+    """A backbone whose x0 prediction is one fixed image whatever x_t: every term of the bound is then a
+    number, not a draw, so the full bound is exact and only the subset's timesteps are random."""
+
+    def __init__(self, data_shape, num_classes=None):
+        super().__init__()
+        self.image = nn.Parameter(torch.linspace(-0.9, 0.8, math.prod(data_shape)).view(1, *data_shape))
+
+    def forward(self, x, time, labels=None):
+        return self.image.expand_as(x)
+
+
+def test_the_subset_estimate_is_unbiased_for_the_full_bound():
+    """val_vlb: subset's estimate (decoder + one t per stratum, weighted by its size) averages to the full
+    bound. The digits config's schedule and reverse variance; 13 strata of 3 timesteps."""
+    T = 40
+    model = Diffusion(data_shape=(1, 8, 8), num_levels=17, backbone=ConstantImage, num_timesteps=T,
+                      prediction="x0", schedule="cosine", cosine_offset=0.05, model_variance="large").eval()
+    x = digits_batch(3)
+    full = model.vlb(x, generator=torch.Generator().manual_seed(0))
+    again = model.vlb(x, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(full.total, again.total, rtol=1e-12, atol=0)  # no draw left in it
+    # Closed form of the full bound's diffusion part: per dimension, the KL of N(mu_q, beta~_t) from
+    # N(mu_p, beta_t) with mu_q - mu_p = c0_t (x0 - c).
+    s, x0, c = cosine_schedule(T, 0.05), (2 * x - 1).double(), model.backbone.image.detach().double()
+    sq = (x0 - c).pow(2).flatten(1).sum(1, keepdim=True)
+    beta, var, c0 = s["beta"][1:], s["var"][1:], s["c0"][1:]
+    per_t = 0.5 * 64 * (torch.log(beta / var) + var / beta - 1) + c0**2 * sq / (2 * beta)
+    torch.testing.assert_close(full.diffusion, per_t.sum(1), rtol=1e-9, atol=0)
+    g = torch.Generator().manual_seed(2)
+    draws = torch.stack([model.vlb(x, num_terms=14, generator=g).total for _ in range(1000)])
+    spread = draws.std(0)
+    assert (spread > 0.02 * full.total).all(), "the estimate must vary, or the test proves nothing"
+    assert ((draws.mean(0) - full.total).abs() < 4 * spread / math.sqrt(len(draws))).all(), \
+        (draws.mean(0), full.total)
+
+
 def test_hyperparameters_record_the_backbone_as_plain_data():
     model = Diffusion(data_shape=(1, 8, 8), num_levels=17, backbone=TINY)
     init_args = {"channels": 8, "channel_mults": (1, 2), "num_res_blocks": 1}
@@ -179,3 +321,44 @@ def test_trained_bound_beats_the_factorized_baseline_on_digits():
     baseline_bpd = (baseline.nll(x).nats.mean() / (64 * math.log(2))).item()
     bound_bpd, _ = digits_test_bpd(train_on_digits(1000), len(test))
     assert bound_bpd < baseline_bpd - 0.1, (bound_bpd, baseline_bpd)
+
+
+@pytest.mark.parametrize("val_vlb", ["full", "subset", "skip"])
+def test_val_vlb_decides_what_validation_logs(val_vlb):
+    """``full``: val/nll is the bound with every term; ``subset``: val/vlb_subset is the estimate from
+    ``val_vlb_terms`` terms and no val/nll is logged; ``skip``: the loss only. Each number recomputed on the
+    validation batch with example i's noise seeded evaluation_seed + i, after the loss's draws."""
+    import lightning as L
+
+    from lit_gen.core.seeds import ExampleGenerators
+    from lit_gen.datamodules import DigitsDataModule
+
+    torch.manual_seed(0)
+    model = Diffusion(data_shape=(1, 8, 8), num_levels=17, backbone=TINY, num_timesteps=20, val_vlb=val_vlb,
+                      val_vlb_terms=5)
+    nn.init.normal_(model.backbone.out[-1].weight, std=0.1)
+    data = DigitsDataModule(batch_size=16)
+    trainer = L.Trainer(limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu")
+    logged = {k: float(v) for k, v in trainer.validate(model, datamodule=data, verbose=False)[0].items()}
+    loader = data.val_dataloader()
+    (x, _), indices = next(iter(loader)), next(iter(loader.batch_sampler))
+    model.eval()
+    with torch.no_grad():
+        source = ExampleGenerators(0, indices)
+        loss = model.loss(x, generator=source)["loss"]
+        source_subset = ExampleGenerators(0, indices)
+        model.loss(x, generator=source_subset)
+        subset = model.vlb(x, num_terms=5, generator=source_subset).total
+        source_full = ExampleGenerators(0, indices)
+        model.loss(x, generator=source_full)
+        bound = model.vlb(x, generator=source_full).total
+    assert logged["val/loss"] == pytest.approx(loss.item(), rel=1e-6)
+    expected = {"full": {"val/nll", "val/bpd"}, "subset": {"val/vlb_subset", "val/vlb_subset_bpd"}, "skip": set()}
+    assert {k for k in logged if k not in ("val/loss", "val/mse", "val/num_examples")} == expected[val_vlb]
+    if val_vlb == "full":
+        assert logged["val/nll"] == pytest.approx(bound.mean().item(), rel=1e-6)
+        assert logged["val/bpd"] == pytest.approx(bound.mean().item() / (64 * math.log(2)), rel=1e-6)
+    if val_vlb == "subset":
+        assert logged["val/vlb_subset"] == pytest.approx(subset.mean().item(), rel=1e-6)
+        assert abs(subset.mean() - bound.mean()) > 1e-3 * bound.mean(), "the estimate is not the bound itself"

@@ -67,6 +67,42 @@ def test_training_loss_updates_the_buffer_and_validation_leaves_it():
     assert torch.equal(after_train, model.buffer.samples), "validation must not change the buffer"
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_the_objective_is_the_energies_of_data_and_chains(training):
+    """L = mean E(x+) - mean E(x-) + alpha mean(E(x+)^2 + E(x-)^2), with every energy recomputed by
+    ``model.energy``: x+ the data in [-1, 1] (plus ``data_noise`` in training), x- the buffer states after
+    ``langevin_steps`` (training, written back) or ``val_langevin_steps`` (validation, left) steps."""
+    import copy
+
+    torch.manual_seed(0)
+    model = EBM(data_shape=(1, 8, 8), num_levels=17, energy_reg=0.5, data_noise=0.1, val_langevin_steps=2,
+                **TINY).train(training)
+    twin = copy.deepcopy(model)  # the same weights and buffer, to replay the same draws on
+    x = digits_like()
+    torch.manual_seed(1)
+    out = model.loss(x, generator=None if training else torch.Generator().manual_seed(2))
+    torch.manual_seed(1)
+    positive = 2 * x - 1
+    if training:
+        positive = positive + 0.1 * torch.randn_like(positive)
+    generator = None if training else torch.Generator().manual_seed(2)
+    draw_state = twin.buffer.samples.clone()
+    negative = twin.negatives(8, 3 if training else 2, update_buffer=training, generator=generator)
+    with torch.no_grad():
+        e_pos, e_neg = model.energy(positive), model.energy(negative)
+    cd = e_pos.mean() - e_neg.mean()
+    reg = (e_pos.pow(2) + e_neg.pow(2)).mean()
+    assert out["data_energy"].item() == pytest.approx(e_pos.mean().item(), rel=1e-5, abs=1e-6)
+    assert out["sample_energy"].item() == pytest.approx(e_neg.mean().item(), rel=1e-5, abs=1e-6)
+    assert out["contrastive_divergence"].item() == pytest.approx(cd.item(), rel=1e-5, abs=1e-6)
+    assert out["energy_reg"].item() == pytest.approx(reg.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx((cd + 0.5 * reg).item(), rel=1e-5, abs=1e-6)
+    assert not torch.equal(negative, 2 * x - 1) and e_pos.std() > 0
+    # The chains the energies were taken on are the ones the buffer keeps (training) or leaves (validation).
+    assert torch.equal(model.buffer.samples, twin.buffer.samples)
+    assert torch.equal(model.buffer.samples, draw_state) is not training
+
+
 def test_checkpoint_restores_the_buffer_exactly(tmp_path):
     torch.manual_seed(0)
     model = EBM(data_shape=(1, 8, 8), num_levels=17, **TINY)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import ROOT, quiet_trainer_args, run_cli
 from tests.datamodules.conftest import make_idx_set, write_cifar_batch
+from tests.models.recompute import split_nll
 
 CONFIGS = ROOT / "configs" / "flow"
 
@@ -58,3 +60,8 @@ def test_fit_then_test_reports_the_configured_likelihood_kind(dequantization, ki
     assert metrics["nll"]["kind"] == kind and metrics["bpd"]["kind"] == kind
     assert metrics["bpd"]["value"] == pytest.approx(metrics["nll"]["value"] / (64 * math.log(2)))
     assert 0 < metrics["bpd"]["value"] < math.log2(17) + 1, "an untrained flow is near the uniform 4.09 bits"
+    # The number is the checkpoint's nll (its dequantization noise seeded per example) on the test split's
+    # first batch, recomputed outside the Trainer.
+    assert metrics["nll"]["n"] == 64
+    recomputed = split_nll(config, Path(report["checkpoint"]), num_batches=1)
+    assert metrics["nll"]["value"] == pytest.approx(recomputed, rel=1e-6)
