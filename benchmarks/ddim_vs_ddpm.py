@@ -33,7 +33,7 @@ def draw_both(model, num: int, batch_size: int,
               samplers: dict[str, dict]) -> dict[str, tuple[torch.Tensor, float]]:
     """Each sampler's ``num`` samples (sample j seeded j, as lit-gen's evaluation) and seconds per image,
     alternating samplers chunk by chunk."""
-    from lit_gen.evaluation.sampling import chunk_labels, chunk_sizes, draw_samples
+    from lit_gen.core.requests import chunk_labels, chunk_sizes, draw_samples
 
     model.eval()
     images = {name: [] for name in samplers}

@@ -71,7 +71,7 @@ def seconds_per_step(model, datamodule, steps: int) -> float:
 @torch.no_grad()
 def draw(model, num: int, batch_size: int, sample_kwargs: dict, seed: int = 0) -> tuple[torch.Tensor, float]:
     """``num`` samples, sample j from seed + j as in lit-gen's evaluation; seconds per image."""
-    from lit_gen.evaluation.sampling import chunk_labels, chunk_sizes, draw_samples
+    from lit_gen.core.requests import chunk_labels, chunk_sizes, draw_samples
 
     model.eval()
     out, start = [], time.perf_counter()

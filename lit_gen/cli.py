@@ -28,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lit_gen.callbacks import BatchNormFromRankZero, InterruptCheckpoint
+from lit_gen.core.runtime import qualified_name
 from lit_gen.datamodules.base import GenerativeDataModule
 from lit_gen.distributed import (
     FailureWatch,
@@ -41,7 +42,7 @@ from lit_gen.errors import CheckpointError, LitGenError, check_sample_knobs
 from lit_gen.evaluation.callback import GenerativeEvaluation
 from lit_gen.evaluation.writer import SampleWriter
 from lit_gen.models import import_families
-from lit_gen.models.base import GenerativeModule, qualified_name
+from lit_gen.models.base import GenerativeModule
 
 CHECKPOINT_ALIASES = ("last", "best")
 

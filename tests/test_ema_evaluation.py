@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_gen.evaluation.sampling import draw_samples
+from lit_gen.core.requests import draw_samples
 from lit_gen.models.factorized import FactorizedCategorical
 from lit_gen.models.vae import VAE
 from tests.conftest import ROOT, quiet_trainer_args, run_cli

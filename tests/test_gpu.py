@@ -105,7 +105,7 @@ def test_log_density_on_the_device_equals_the_cpu(family):
     not the zero-initialised outputs. (With cuDNN's default TF32 convolutions an H200 was 1.9e-4 bits/dim
     off for the flow, 2.3e-5 for the PixelCNN: printed, not asserted.)"""
     from lit_gen.cli import LitGenCLI
-    from lit_gen.evaluation.precision import full_float32_convolutions
+    from lit_gen.core.numerics import full_float32_convolutions
 
     config, tiny = TINY_FAMILIES[family]
     model = LitGenCLI(args=["--config", str(config), *tiny, "--trainer.logger=false"], run=False).model.double()

@@ -21,8 +21,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_gen.core import seeds
+from lit_gen.core.levels import from_levels
 from lit_gen.core.seeds import ExampleGenerators
-from lit_gen.evaluation.likelihood import from_levels
 from tests.conftest import TINY_FAMILIES, quiet_trainer_args, run_cli
 
 DDP_CPU = ["--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"]

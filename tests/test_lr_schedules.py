@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_gen.evaluation.likelihood import from_levels
+from lit_gen.core.levels import from_levels
 from lit_gen.models.gan import GAN
 from lit_gen.models.vae import VAE
 

@@ -14,8 +14,8 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+from lit_gen.core.requests import SampleRequests
 from lit_gen.errors import LitGenError
-from lit_gen.evaluation.sampling import SampleRequests
 
 SPLITS = ("train", "val", "test")
 

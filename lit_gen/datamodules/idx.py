@@ -7,12 +7,11 @@ generic message, while we also accept a flat folder, gzip or plain files, and De
 
 from __future__ import annotations
 
-from typing import Any
-
 import gzip
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch

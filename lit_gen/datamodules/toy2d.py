@@ -21,9 +21,8 @@ density and samples stay inside [0, 1]^2 in practice.
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, TensorDataset

@@ -6,7 +6,7 @@ KID and precision/recall) against real images of ``real_split``. The NLL and bit
 a likelihood come from the module's own validation / test steps; at test this callback writes them, with
 their kinds, next to the sample metrics in ``metrics.json``.
 
-DDP: each rank draws its share of seeded chunks (:mod:`lit_gen.evaluation.sampling`), features are
+DDP: each rank draws its share of seeded chunks (:mod:`lit_gen.core.requests`), features are
 all-gathered, and every rank computes the same metric in float64; nothing runs on rank zero only
 except writing files.
 """
@@ -23,8 +23,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from lit_gen.core.requests import chunk_labels, chunk_sizes, draw_samples, rank_chunks
+from lit_gen.core.runtime import gather_chunks
 from lit_gen.errors import LitGenError
-from lit_gen.evaluation.sampling import chunk_labels, chunk_sizes, draw_samples, gather_chunks, rank_chunks
 
 
 def run_dir(trainer: L.Trainer) -> Path:

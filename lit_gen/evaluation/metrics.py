@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lit_gen.evaluation.features import atomic_torch_save, cache_dir
+from lit_gen.core.runtime import atomic_torch_save, cache_dir
 
 __all__ = ["FeatureCache", "ImageFingerprint", "fid", "kid", "precision_recall"]
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from lit_gen import __version__
+from lit_gen.core.runtime import qualified_name
 
 UNITS = {"nll": "nats", "bpd": "bits/dim", "fid": "", "kid_mean": "", "kid_std": "", "precision": "",
          "recall": "", "sample_sec_per_image": "s"}
@@ -57,7 +58,6 @@ def save_scatter(points: Tensor, path: str | os.PathLike) -> None:
 
 def collect_test_metrics(trainer: Any, pl_module: Any, callback: Any) -> dict[str, Any]:
     """Everything ``test`` measured, each metric with its value, kind, N and provenance."""
-    from lit_gen.models.base import qualified_name
 
     metrics: dict[str, dict[str, Any]] = {}
     kinds = pl_module.likelihood_kinds() if hasattr(pl_module, "likelihood_kinds") else {}

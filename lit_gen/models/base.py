@@ -23,58 +23,31 @@ import functools
 import inspect
 import math
 import os
-import random
 from typing import Any, ClassVar
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_gen import __version__
+from lit_gen.core.levels import dequantize
+from lit_gen.core.likelihood import NLL, bits_per_dim
+from lit_gen.core.numerics import full_float32_convolutions
+from lit_gen.core.requests import chunk_labels, draw_samples
+from lit_gen.core.runtime import (
+    collect_rng_state,
+    gather_from_ranks,
+    qualified_name,
+    restore_rng_state,
+    seed_all,
+)
 from lit_gen.core.seeds import ExampleGenerators
 from lit_gen.errors import CheckpointError, LitGenError, check_sample_knobs
-from lit_gen.evaluation.likelihood import NLL, bits_per_dim, dequantize
-from lit_gen.evaluation.precision import full_float32_convolutions
-from lit_gen.evaluation.sampling import chunk_labels, draw_samples
 
 RNG_KEY = "lit_gen_rng_states"
 TRAIN_SUMS_KEY = "lit_gen_train_sums"
-
-
-def collect_rng_state() -> dict[str, Any]:
-    """The global random state of torch (CPU and CUDA), numpy and Python, as tensors and lists."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
-
-
-def gather_from_ranks(obj: Any) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]``; a collective under torch.distributed."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 @functools.cache
@@ -89,11 +62,6 @@ def _noise_argument(method: Any, source: ExampleGenerators | None) -> dict[str, 
     if source is None or not _takes_generator(getattr(method, "__func__", method)):
         return {}
     return {"generator": source}
-
-
-def qualified_name(obj: Any) -> str:
-    cls = obj if isinstance(obj, type) else type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class GenerativeModule(L.LightningModule):
@@ -180,7 +148,7 @@ class GenerativeModule(L.LightningModule):
         """The shared dequantization policy: uniform noise within each of the K levels' bins.
 
         Families that model a density on [0, 1]^D train on this and add ``D log K`` when reporting NLL
-        (:func:`lit_gen.evaluation.likelihood.discrete_nll_from_density`). Continuous data passes through.
+        (:func:`lit_gen.core.likelihood.discrete_nll_from_density`). Continuous data passes through.
         """
         return x if self.num_levels is None else dequantize(x, self.num_levels)
 
@@ -423,9 +391,7 @@ class GenerativeModule(L.LightningModule):
         if world > 1:
             base = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
             seed = (base + 1_000_003 * self.trainer.global_rank) % 2**32  # distinct for every rank
-            torch.manual_seed(seed)
-            np.random.seed(seed)
-            random.seed(seed)
+            seed_all(seed)
 
     def on_train_epoch_end(self) -> None:
         self._log_train_epoch_means()

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_gen.core.levels import to_levels
+from lit_gen.core.likelihood import NLL
 from lit_gen.core.seeds import RandomSource
-from lit_gen.evaluation.likelihood import NLL, to_levels
 from lit_gen.models.base import GenerativeModule
 from lit_gen.nn.distributions import categorical_log_prob, categorical_sample
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_gen.core import seeds
+from lit_gen.core.levels import from_levels, to_levels
 from lit_gen.core.seeds import RandomSource
-from lit_gen.evaluation.likelihood import from_levels, to_levels
 
 
 def gumbel_argmax(logits: Tensor, dim: int, generator: RandomSource) -> Tensor:

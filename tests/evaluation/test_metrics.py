@@ -102,7 +102,8 @@ def test_fid_synthetic():
 @pytest.mark.parametrize("n_real,n_fake,dim", [(40, 30, 256), (10, 60, 16), (300, 250, 64)])
 def test_fid_equals_torch_fidelity_formula(n_real, n_fake, dim):
     """Our eigvalsh-of-a-small-Gram route vs torch-fidelity's eigvals(S_r S_f), N < D, mixed, N > D."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics as stats, fid_statistics_to_metric
+    from torch_fidelity.metric_fid import fid_features_to_statistics as stats
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
 
     g = torch.Generator().manual_seed(n_real)
     real = torch.randn(n_real, dim, generator=g, dtype=torch.float64) * torch.rand(dim, generator=g) * 3

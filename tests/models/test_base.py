@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import Logger
 
-from lit_gen.models.base import collect_rng_state, restore_rng_state
+from lit_gen.core.runtime import collect_rng_state, restore_rng_state
 from lit_gen.models.vae import VAE
 
 

@@ -6,8 +6,8 @@ import lightning as L
 import pytest
 import torch
 
+from lit_gen.core.levels import from_levels, to_levels
 from lit_gen.datamodules import DigitsDataModule
-from lit_gen.evaluation.likelihood import from_levels, to_levels
 from lit_gen.models.factorized import FactorizedCategorical
 from lit_gen.models.vae import VAE
 

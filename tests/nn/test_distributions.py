@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lit_gen.evaluation.likelihood import from_levels, to_levels
+from lit_gen.core.levels import from_levels, to_levels
 from lit_gen.nn.distributions import (
     BernoulliLikelihood,
     CategoricalLikelihood,

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_gen.core import seeds
+from lit_gen.core.likelihood import NLL
 from lit_gen.core.seeds import RandomSource
 from lit_gen.errors import check_sizes
-from lit_gen.evaluation.likelihood import NLL
 from lit_gen.models.autoregressive.heads import build_head
 from lit_gen.models.autoregressive.made import MADENet
 from lit_gen.models.autoregressive.pixelcnn import GatedPixelCNNNet

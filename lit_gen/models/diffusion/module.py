@@ -28,10 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from lit_gen.core import seeds
+from lit_gen.core.levels import quantize
+from lit_gen.core.likelihood import NLL
+from lit_gen.core.runtime import qualified_name
 from lit_gen.core.seeds import RandomSource
 from lit_gen.errors import check_sizes
-from lit_gen.evaluation.likelihood import NLL, quantize
-from lit_gen.models.base import GenerativeModule, qualified_name
+from lit_gen.models.base import GenerativeModule
 from lit_gen.models.diffusion.likelihood import VLBTerms, stratified_timesteps, variational_bound, vlb_term
 from lit_gen.models.diffusion.samplers import SAMPLERS, Denoiser
 from lit_gen.models.diffusion.schedule import NoiseSchedule

@@ -24,10 +24,11 @@ import torch
 from torch import Tensor
 
 from lit_gen.core import seeds
+from lit_gen.core.levels import quantize
+from lit_gen.core.runtime import gather_from_ranks
 from lit_gen.core.seeds import RandomSource
 from lit_gen.errors import LitGenError, check_sizes
-from lit_gen.evaluation.likelihood import quantize
-from lit_gen.models.base import GenerativeModule, gather_from_ranks
+from lit_gen.models.base import GenerativeModule
 from lit_gen.models.ebm.buffer import ReplayBuffer
 from lit_gen.models.ebm.langevin import langevin_sample
 from lit_gen.models.ebm.nets import ConvEnergy, MLPEnergy

@@ -5,7 +5,7 @@ Objective: maximise log p(y) of the dequantized data y in [0, 1]^D,
     log p(y) = log p_Z(f(g(y))) + log|det dg/dy| + log|det df/dx|,
 
 with g the preprocessing (logit or centring) and f the flow. The reported NLL is in the data's own K
-levels: ``-log p(y) + D log K`` (:func:`~lit_gen.evaluation.likelihood.discrete_nll_from_density`).
+levels: ``-log p(y) + D log K`` (:func:`~lit_gen.core.likelihood.discrete_nll_from_density`).
 
 Likelihood kind: with uniform dequantization the number is the exact density of the dequantized point
 (kind ``exact``; averaged over the noise it is an upper bound on the discrete NLL); with variational
@@ -22,9 +22,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_gen.core import seeds
+from lit_gen.core.levels import dequantize, from_levels
+from lit_gen.core.likelihood import NLL, discrete_nll_from_density
 from lit_gen.core.seeds import RandomSource
 from lit_gen.errors import LitGenError, check_sizes
-from lit_gen.evaluation.likelihood import NLL, dequantize, discrete_nll_from_density, from_levels
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.flow.dequantization import VariationalDequantizer
 from lit_gen.models.flow.glow import build_glow

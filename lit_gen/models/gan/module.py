@@ -27,9 +27,9 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
 from lit_gen.core import seeds
+from lit_gen.core.levels import quantize
 from lit_gen.core.seeds import RandomSource
 from lit_gen.errors import LitGenError, check_sizes
-from lit_gen.evaluation.likelihood import quantize
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.gan.losses import ADVERSARIAL_LOSSES, gradient_penalty, r1_penalty
 from lit_gen.models.gan.nets import build_networks

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_gen.core import seeds
+from lit_gen.core.levels import quantize
+from lit_gen.core.likelihood import NLL
 from lit_gen.core.seeds import RandomSource
 from lit_gen.errors import check_sizes
-from lit_gen.evaluation.likelihood import NLL, quantize
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.vae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from lit_gen.models.vae.priors import build_prior, diagonal_gaussian_log_prob

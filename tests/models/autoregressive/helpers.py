@@ -7,7 +7,7 @@ import itertools
 import torch
 from torch import nn
 
-from lit_gen.evaluation.likelihood import from_levels
+from lit_gen.core.levels import from_levels
 
 
 def dependency_matrix(conditionals, x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:

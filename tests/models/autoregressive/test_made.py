@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lit_gen.evaluation.likelihood import from_levels, to_levels
+from lit_gen.core.levels import from_levels, to_levels
 from lit_gen.models.autoregressive import MADE
 from tests.models.autoregressive.helpers import PassCounter, all_configurations, dependency_matrix
 

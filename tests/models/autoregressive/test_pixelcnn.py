@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_gen.evaluation.likelihood import from_levels, to_levels
+from lit_gen.core.levels import from_levels, to_levels
 from lit_gen.models.autoregressive import GatedPixelCNN
 from tests.models.autoregressive.helpers import PassCounter, all_configurations, dependency_matrix
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_gen.evaluation.likelihood import from_levels, to_levels
+from lit_gen.core.levels import from_levels, to_levels
 from lit_gen.models.diffusion import Diffusion, UNet
 
 TINY = functools.partial(UNet, channels=8, channel_mults=(1, 2), num_res_blocks=1)

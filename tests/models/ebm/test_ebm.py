@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_gen.core.levels import from_levels, to_levels
 from lit_gen.errors import LitGenError
-from lit_gen.evaluation.likelihood import from_levels, to_levels
 from lit_gen.models.ebm import EBM
 
 TINY = {"channels": 4, "langevin_steps": 3, "buffer_size": 32}

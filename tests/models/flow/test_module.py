@@ -8,8 +8,8 @@ import lightning as L
 import pytest
 import torch
 
+from lit_gen.core.levels import dequantize, from_levels, to_levels
 from lit_gen.errors import LitGenError
-from lit_gen.evaluation.likelihood import dequantize, from_levels, to_levels
 from lit_gen.models.flow import Glow, NormalizingFlow, RealNVP
 from lit_gen.models.flow.dequantization import VariationalDequantizer
 from lit_gen.models.flow.priors import DiagonalGaussian, GaussianMixture, StandardNormal

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_gen.evaluation.likelihood import from_levels, to_levels
+from lit_gen.core.levels import from_levels, to_levels
 from lit_gen.models.gan import GAN
 from lit_gen.models.gan.module import truncated_normal
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_gen.evaluation.precision import full_float32_convolutions
+from lit_gen.core.numerics import full_float32_convolutions
 
 conv = torch.backends.cudnn.conv
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from lit_gen.core.seeds import ExampleGenerators
-from lit_gen.evaluation.sampling import (
+from lit_gen.core.requests import (
     SampleRequests,
     chunk_labels,
     chunk_sizes,
     draw_samples,
-    gather_chunks,
     rank_chunks,
 )
+from lit_gen.core.runtime import gather_chunks
+from lit_gen.core.seeds import ExampleGenerators
 
 
 def test_chunk_sizes_cover_the_request_exactly():

@@ -1,9 +1,8 @@
 """The one place that turns per-example log-likelihoods into NLL and bits/dim.
 
-Data convention (see the datamodules): a dimension with K discrete levels holds ``k / (K - 1)`` for an
-integer level ``k`` in ``[0, K)``. A model with a *discrete* likelihood (softmax, discretized logistic,
-Bernoulli, DDPM's L0) reports ``-log P(x)`` in nats directly. A model with a *density* on ``[0, 1]^D``
-trains on uniformly dequantized data ``y = (k + u) / K`` and reports
+A model with a *discrete* likelihood (softmax, discretized logistic, Bernoulli, DDPM's L0) reports
+``-log P(x)`` in nats directly. A model with a *density* on ``[0, 1]^D`` trains on uniformly dequantized
+data ``y = (k + u) / K`` (:func:`lit_gen.core.levels.dequantize`) and reports
 
     NLL(x) = -log p(y) + D * log K        (nats; an upper bound on -log P(x), Theis et al. 2016)
 
@@ -16,11 +15,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 from torch import Tensor
 
-from lit_gen.core import seeds
-from lit_gen.core.seeds import RandomSource
+from lit_gen.core.levels import dequantization_nats
 
 LikelihoodKind = Literal["exact", "bound", "estimate"]
 LIKELIHOOD_KINDS: tuple[str, ...] = ("exact", "bound", "estimate")
@@ -44,33 +41,6 @@ class NLL:
             raise ValueError(f"likelihood kind must be one of {LIKELIHOOD_KINDS}, got {self.kind!r}")
         if self.nats.dim() != 1:
             raise ValueError(f"NLL.nats must be per example (shape [B]), got shape {tuple(self.nats.shape)}")
-
-
-def to_levels(x: Tensor, num_levels: int) -> Tensor:
-    """Integer levels ``k`` (long) of data stored as ``k / (K - 1)``."""
-    return torch.round(x.float() * (num_levels - 1)).clamp_(0, num_levels - 1).long()
-
-
-def from_levels(k: Tensor, num_levels: int) -> Tensor:
-    """Inverse of :func:`to_levels`: levels back to data space [0, 1]."""
-    return k.float() / (num_levels - 1)
-
-
-def quantize(x: Tensor, num_levels: int) -> Tensor:
-    """Snap values in [0, 1] to the nearest of the K data levels (used on generated samples)."""
-    return from_levels(to_levels(x.clamp(0, 1), num_levels), num_levels)
-
-
-def dequantize(x: Tensor, num_levels: int, generator: RandomSource = None) -> Tensor:
-    """Uniform dequantization ``y = (k + u) / K`` with ``u ~ U[0, 1)``: a point in the level's bin."""
-    k = to_levels(x, num_levels).to(torch.float32)
-    u = seeds.rand(k.shape, generator=generator, device=k.device, dtype=torch.float32)
-    return (k + u) / num_levels
-
-
-def dequantization_nats(num_dims: int, num_levels: int) -> float:
-    """The ``D * log K`` term added to a density's ``-log p(y)`` on [0, 1]^D (bin volume K^-D)."""
-    return num_dims * math.log(num_levels)
 
 
 def discrete_nll_from_density(log_density: Tensor, num_dims: int, num_levels: int) -> Tensor:

@@ -5,15 +5,8 @@ import math
 import pytest
 import torch
 
-from lit_gen.evaluation.likelihood import (
-    NLL,
-    bits_per_dim,
-    dequantize,
-    discrete_nll_from_density,
-    from_levels,
-    quantize,
-    to_levels,
-)
+from lit_gen.core.levels import dequantize, from_levels, quantize, to_levels
+from lit_gen.core.likelihood import NLL, bits_per_dim, discrete_nll_from_density
 from lit_gen.models.factorized import FactorizedCategorical
 
 

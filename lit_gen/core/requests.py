@@ -9,8 +9,7 @@ chunks of 16 or of 64, evaluate the same images with no duplicates and no rank-z
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,32 +44,6 @@ def draw_samples(model: Any, start: int, size: int, seed: int, sample_kwargs: di
     on the model's device."""
     generators = ExampleGenerators.for_range(seed, start, size, model.device)
     return model.sample(size, labels=labels, generator=generators, **sample_kwargs)
-
-
-def gather_chunks(
-    local: dict[int, Tensor],
-    sizes: list[int],
-    world_size: int,
-    all_gather: Callable[[Tensor], Tensor],
-    item_shape: tuple[int, ...],
-    device: torch.device | None = None,
-) -> Tensor:
-    """Concatenate every rank's chunks in chunk order, on every rank.
-
-    ``local`` maps the chunk indices this rank drew to tensors of shape ``(size_i, *F)``. Ranks pad to
-    the same number of full-size chunks so one ``all_gather`` collects everything (a rank with no chunk
-    still takes part). ``item_shape`` is the shape of one row, float32.
-    """
-    if not sizes:
-        return torch.empty((0, *item_shape), device=device)
-    if world_size == 1:
-        return torch.cat([local[i].float() for i in range(len(sizes))])
-    per_rank = math.ceil(len(sizes) / world_size)
-    padded = torch.zeros((per_rank, max(sizes), *item_shape), device=device)
-    for slot, index in enumerate(sorted(local)):
-        padded[slot, : local[index].shape[0]] = local[index]
-    gathered = all_gather(padded)  # (W, per_rank, chunk, *F)
-    return torch.cat([gathered[i % world_size, i // world_size, : sizes[i]] for i in range(len(sizes))])
 
 
 class SampleRequests(Dataset):
