@@ -6,6 +6,7 @@ import importlib.util
 import json
 import random
 import re
+import sys
 import zipfile
 
 import pytest
@@ -282,5 +283,7 @@ def test_the_families_listed_here_are_all_of_them():
             yield sub
             yield from subclasses(sub)
 
-    found = {c for c in subclasses(GenerativeModule) if c.__module__.startswith("lit_gen.models.")}
+    # (a family a test put in place and took away again, as the docs' worked example, is not one of them)
+    found = {c for c in subclasses(GenerativeModule)
+             if c.__module__.startswith("lit_gen.models.") and c.__module__ in sys.modules}
     assert found - {AutoregressiveModule, NormalizingFlow} == set(FAMILIES), "test each family's checks"
