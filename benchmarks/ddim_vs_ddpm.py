@@ -33,16 +33,15 @@ def draw_both(model, num: int, batch_size: int,
               samplers: dict[str, dict]) -> dict[str, tuple[torch.Tensor, float]]:
     """Each sampler's ``num`` samples (sample j seeded j, as lit-gen's evaluation) and seconds per image,
     alternating samplers chunk by chunk."""
-    from lit_gen.core.requests import chunk_labels, chunk_sizes, draw_samples
+    from lit_gen.core.requests import SampleRequest, draw_chunk
 
     model.eval()
     images = {name: [] for name in samplers}
     seconds = dict.fromkeys(samplers, 0.0)
-    for index, size in enumerate(chunk_sizes(num, batch_size)):
-        labels = chunk_labels(model, index, size, batch_size)
+    for chunk in SampleRequest(num, 0, batch_size, model.num_classes):
         for name, kwargs in samplers.items():
             start = time.perf_counter()
-            images[name].append(draw_samples(model, index * batch_size, size, 0, kwargs, labels).float().cpu())
+            images[name].append(draw_chunk(model, chunk, kwargs).float().cpu())
             seconds[name] += time.perf_counter() - start
     return {name: (torch.cat(images[name]), seconds[name] / num) for name in samplers}
 

@@ -71,13 +71,12 @@ def seconds_per_step(model, datamodule, steps: int) -> float:
 @torch.no_grad()
 def draw(model, num: int, batch_size: int, sample_kwargs: dict, seed: int = 0) -> tuple[torch.Tensor, float]:
     """``num`` samples, sample j from seed + j as in lit-gen's evaluation; seconds per image."""
-    from lit_gen.core.requests import chunk_labels, chunk_sizes, draw_samples
+    from lit_gen.core.requests import SampleRequest, draw_chunk
 
     model.eval()
     out, start = [], time.perf_counter()
-    for index, size in enumerate(chunk_sizes(num, batch_size)):
-        labels = chunk_labels(model, index, size, batch_size)
-        out.append(draw_samples(model, index * batch_size, size, seed, sample_kwargs, labels).float().cpu())
+    for chunk in SampleRequest(num, seed, batch_size, model.num_classes):
+        out.append(draw_chunk(model, chunk, sample_kwargs).float().cpu())
     return torch.cat(out), (time.perf_counter() - start) / num
 
 

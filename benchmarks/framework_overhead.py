@@ -138,7 +138,7 @@ def log_every_term_every_step() -> None:
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", on_step=True, on_epoch=True,
                      batch_size=batch_size)
 
-    GenerativeModule._log_train_terms = log_terms
+    GenerativeModule.log_train_terms = log_terms
 
 
 def interleaved_steps(cli, plain: PlainLoop, steps: int, device: str) -> tuple[list[float], list[float]]:

@@ -27,7 +27,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from lit_gen.callbacks import BatchNormFromRankZero, InterruptCheckpoint
 from lit_gen.core.runtime import qualified_name
 from lit_gen.datamodules.base import GenerativeDataModule
 from lit_gen.distributed import (
@@ -41,6 +40,7 @@ from lit_gen.distributed import (
 from lit_gen.errors import CheckpointError, LitGenError, check_sample_knobs
 from lit_gen.evaluation.callback import GenerativeEvaluation
 from lit_gen.evaluation.writer import SampleWriter
+from lit_gen.lifecycle import BatchNormFromRankZero, InterruptCheckpoint
 from lit_gen.models import import_families
 from lit_gen.models.base import GenerativeModule
 

@@ -28,6 +28,17 @@ class ConfigurationError(LitGenError, ValueError):
     """A constructor argument has a value the class cannot work with; the message names the argument."""
 
 
+class MissingLabelsError(LitGenError, ValueError):
+    """A class-conditional model was called without labels."""
+
+
+def require_labels(owner: str, labels: Any) -> Any:
+    """``labels`` unless they are missing: the one check (and message) every conditional piece uses."""
+    if labels is None:
+        raise MissingLabelsError(f"a conditional {owner} needs labels")
+    return labels
+
+
 def check_sizes(owner: str, minimum: int = 1, **sizes: Any) -> None:
     """Refuse sizes below ``minimum`` (``None`` passes: it means "the default"), one argument per message.
 

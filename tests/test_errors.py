@@ -18,12 +18,12 @@ from lit_gen.errors import CheckpointError, ConfigurationError, sample_knobs
 from lit_gen.models.autoregressive import MADE, GatedPixelCNN
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.diffusion import Diffusion
-from lit_gen.models.diffusion.unet import UNet
 from lit_gen.models.ebm import EBM
 from lit_gen.models.factorized import FactorizedCategorical
 from lit_gen.models.flow import Glow, RealNVP
 from lit_gen.models.gan import GAN
 from lit_gen.models.vae import VAE
+from lit_gen.nn.unet import UNet
 from tests.conftest import ROOT, quiet_trainer_args, run_cli
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")

@@ -1,8 +1,8 @@
 """Full float32 arithmetic for the numbers lit-gen reports, whatever the GPU's speed settings.
 
-From Ampere on, cuDNN runs float32 convolutions in TF32 by default (10-bit mantissa products): measured
-on an H200, a Glow's log-density moved by up to 1.9e-4 bits/dim and the Inception features by enough to
-move FID by 6e-6 relative. Evaluation (likelihoods, Inception features) runs under
+From Ampere on, cuDNN runs float32 convolutions in TF32 by default (10-bit mantissa products), which moves
+a flow's log-density and the Inception features by amounts a paper's table would show (docs/evaluation.md
+has the measured sizes). Evaluation (likelihoods, Inception features) runs under
 :func:`full_float32_convolutions`; training keeps the user's setting.
 """
 

@@ -9,6 +9,7 @@ chunks of 16 or of 64, evaluate the same images with no duplicates and no rank-z
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,10 +32,52 @@ def rank_chunks(num_chunks: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, num_chunks, world_size))
 
 
-def chunk_labels(model: Any, index: int, size: int, chunk_size: int) -> Tensor | None:
-    """Balanced labels of chunk ``index`` for conditional models: sample j of the request gets j mod C."""
-    labels = model.default_labels(size)
-    return None if labels is None else (labels + index * chunk_size) % model.num_classes
+def balanced_labels(start: int, size: int, num_classes: int) -> Tensor:
+    """Labels of samples ``start, ..., start + size - 1`` of a request: sample j gets class j mod C."""
+    return torch.arange(start, start + size) % num_classes
+
+
+@dataclass
+class SampleChunk:
+    """Samples ``start, ..., start + size - 1`` of a request, each from a generator seeded ``seed + j``.
+
+    ``labels`` are the classes to draw (balanced, j mod C) when the request is for labeled data; a
+    conditional model draws them, an unconditional one ignores them.
+    """
+
+    index: int
+    start: int
+    size: int
+    seed: int
+    labels: Tensor | None = None
+
+
+class SampleRequest(Dataset):
+    """A request for ``num_samples`` seeded samples, cut into chunks of ``chunk_size``: the one object the
+    datamodule (predict) and the evaluation callback hand to a model, item i being chunk i."""
+
+    def __init__(self, num_samples: int, seed: int, chunk_size: int, num_classes: int | None = None) -> None:
+        self.num_samples, self.seed, self.chunk_size = num_samples, seed, chunk_size
+        self.num_classes = num_classes
+        self.sizes = chunk_sizes(num_samples, chunk_size)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, index: int) -> SampleChunk:
+        start, size = index * self.chunk_size, self.sizes[index]
+        labels = balanced_labels(start, size, self.num_classes) if self.num_classes else None
+        return SampleChunk(index, start, size, self.seed, labels)
+
+    def for_rank(self, rank: int, world_size: int) -> list[SampleChunk]:
+        """The chunks ``rank`` draws (see :func:`rank_chunks`)."""
+        return [self[i] for i in rank_chunks(len(self), rank, world_size)]
+
+
+def single_chunk(items: list[SampleChunk]) -> SampleChunk:
+    """``collate_fn`` of a loader over a :class:`SampleRequest` (batch size 1): the chunk itself."""
+    (chunk,) = items
+    return chunk
 
 
 @torch.no_grad()
@@ -46,16 +89,7 @@ def draw_samples(model: Any, start: int, size: int, seed: int, sample_kwargs: di
     return model.sample(size, labels=labels, generator=generators, **sample_kwargs)
 
 
-class SampleRequests(Dataset):
-    """A predict 'dataset' of sample requests: item i is ``[chunk index, its size, seed, chunk size]``."""
-
-    def __init__(self, num_samples: int, chunk_size: int, seed: int) -> None:
-        self.sizes = chunk_sizes(num_samples, chunk_size)
-        self.chunk_size = chunk_size
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.sizes)
-
-    def __getitem__(self, index: int) -> Tensor:
-        return torch.tensor([index, self.sizes[index], self.seed, self.chunk_size], dtype=torch.long)
+def draw_chunk(model: Any, chunk: SampleChunk, sample_kwargs: dict[str, Any]) -> Tensor:
+    """The samples of ``chunk`` from ``model``, with its labels if the model is conditional."""
+    labels = chunk.labels.to(model.device) if model.conditional and chunk.labels is not None else None
+    return draw_samples(model, chunk.start, chunk.size, chunk.seed, sample_kwargs, labels)

@@ -7,14 +7,14 @@ attributes set in ``__init__`` so LightningCLI can link them into the model befo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterator, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from lit_gen.core.requests import SampleRequests
+from lit_gen.core.requests import SampleRequest, single_chunk
 from lit_gen.errors import LitGenError
 
 SPLITS = ("train", "val", "test")
@@ -136,7 +136,8 @@ class GenerativeDataModule(L.LightningDataModule):
         return self._loader("test", batch_size=self.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """Sample requests for ``lit-gen predict``: ``predict_num_samples`` in chunks of ``eval_batch_size``.
+        """The sample request of ``lit-gen predict``: ``predict_num_samples`` in chunks of ``eval_batch_size``,
+        one :class:`~lit_gen.core.requests.SampleChunk` per batch (balanced labels when the data has classes).
 
         Sample j is drawn from its own generator seeded ``predict_seed + j``, so the samples depend neither on
         the chunk size nor on the device count. Under DDP, fewer chunks than processes are cut smaller so
@@ -150,8 +151,8 @@ class GenerativeDataModule(L.LightningDataModule):
         chunk = self.eval_batch_size
         if -(-self.predict_num_samples // chunk) < world:
             chunk = -(-self.predict_num_samples // world)
-        requests = SampleRequests(self.predict_num_samples, chunk, self.predict_seed)
-        return DataLoader(requests, batch_size=1, shuffle=False)
+        request = SampleRequest(self.predict_num_samples, self.predict_seed, chunk, self.num_classes)
+        return DataLoader(request, batch_size=1, shuffle=False, collate_fn=single_chunk)
 
     def __str__(self) -> str:
         # LightningDataModule.__str__ builds every dataloader, which would load the data just to print.

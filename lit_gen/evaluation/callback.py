@@ -21,11 +21,23 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
-from lit_gen.core.requests import chunk_labels, chunk_sizes, draw_samples, rank_chunks
-from lit_gen.core.runtime import gather_chunks
+from lit_gen.core.records import SECONDS, Comparison, MetricRecord
+from lit_gen.core.requests import SampleRequest, chunk_sizes, draw_chunk, rank_chunks
+from lit_gen.core.runtime import evaluating, gather_chunks
 from lit_gen.errors import LitGenError
+from lit_gen.evaluation import metrics
+from lit_gen.evaluation.features import FEATURE_DIM, get_inception
+from lit_gen.evaluation.report import (
+    collect_test_metrics,
+    print_metrics_table,
+    save_image_grid,
+    save_scatter,
+    write_metrics_json,
+    write_sweep,
+)
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -102,7 +114,15 @@ class GenerativeEvaluation(Callback):
         self.sweep = list(sweep) if sweep else []
         self.sweep_rows: list[dict[str, Any]] = []
         self._real_features: dict[str, Tensor] = {}  # in-memory cache for repeated validation epochs
-        self.sample_metrics: dict[str, dict[str, Any]] = {}  # name -> value and provenance, for reports
+        self.records: dict[str, MetricRecord] = {}  # "<split>/<name>" -> the latest sample metric of that name
+
+    @property
+    def sample_metrics(self) -> dict[str, dict[str, Any]]:
+        """The sample metrics' records as ``metrics.json`` entries, by ``<split>/<name>``."""
+        return {key: record.as_dict() for key, record in self.records.items()}
+
+    def split_records(self, split: str) -> list[MetricRecord]:
+        return [record for record in self.records.values() if record.split == split]
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -122,18 +142,15 @@ class GenerativeEvaluation(Callback):
         self.sweep_rows = self.sweep_knob(trainer, pl_module) if self.sweep else []
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lit_gen.evaluation.report import collect_test_metrics, print_metrics_table, write_metrics_json
-
-        report = collect_test_metrics(trainer, pl_module, self)
+        records = [*getattr(pl_module, "metric_records", lambda split: [])("test"), *self.split_records("test")]
+        report = collect_test_metrics(trainer, pl_module, records)
         directory = run_dir(trainer)  # on every rank: it is a collective
         if trainer.is_global_zero:
-            print_metrics_table(report)
+            print_metrics_table(report, records)
             if self.write_metrics:
                 path = write_metrics_json(report, directory / "metrics.json")
                 print(f"metrics written to {path}")
             if self.sweep_rows:
-                from lit_gen.evaluation.report import write_sweep
-
                 for path in write_sweep(self.sweep_rows, pl_module.sampling_knob, report, directory):
                     print(f"sweep written to {path}")
 
@@ -142,12 +159,9 @@ class GenerativeEvaluation(Callback):
         is_image = len(getattr(pl_module, "data_shape", ())) == 3
         return is_image and (self.use_fid or self.use_kid or self.use_pr)
 
-    @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: Any, stage: str) -> dict[str, float]:
         """Draw samples, save/log the grid, compute and log the sample metrics of ``stage``."""
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
+        with evaluating(pl_module):
             wants_features = self._wants_features(pl_module)
             num = self.num_samples[stage] if wants_features else 0
             num_drawn = max(num, self.grid_size)
@@ -155,32 +169,21 @@ class GenerativeEvaluation(Callback):
             features, grid, seconds = self._draw(trainer, pl_module, num_drawn, wants_features and num > 0)
             if grid is not None and grid.numel():
                 self._save_grid(trainer, pl_module, grid, stage)
-            values: dict[str, float] = {}
-            if seconds is not None and num_drawn:
-                values["sample_sec_per_image"] = seconds
+            records = []
             if wants_features and num > 0:
                 real = self.real_features(trainer, pl_module, num)
-                values.update(self._sample_metrics(real, features[:num]))
-                provenance = {
-                    "n_generated": num,
-                    "n_real": real.shape[0],
-                    "real_split": self.real_split,
-                    "feature_extractor": self._extractor(pl_module).extractor_id,
-                    "seed": self.seed,
-                }
-                for name in values:
-                    if name != "sample_sec_per_image":
-                        self.sample_metrics[f"{stage}/{name}"] = {"value": values[name], **provenance}
-            if "sample_sec_per_image" in values:
-                self.sample_metrics[f"{stage}/sample_sec_per_image"] = {
-                    "value": values["sample_sec_per_image"], "n_generated": num_drawn}
-            for name, value in values.items():
-                pl_module.log(f"{stage}/{name}", value, on_epoch=True, sync_dist=False)
-            return values
-        finally:
-            pl_module.train(was_training)
+                compared = Comparison(n_generated=num, n_real=real.shape[0], real_split=self.real_split,
+                                      feature_extractor=self._extractor(pl_module).extractor_id, seed=self.seed)
+                records += [MetricRecord(name, value, stage, compared=compared)
+                            for name, value in self._sample_metrics(real, features[:num]).items()]
+            if seconds is not None and num_drawn:
+                records.append(MetricRecord("sample_sec_per_image", seconds, stage, unit=SECONDS,
+                                            n_generated=num_drawn))
+            for record in records:
+                self.records[record.key] = record
+                pl_module.log(record.key, record.value, on_epoch=True, sync_dist=False)
+            return {record.name: record.value for record in records}
 
-    @torch.no_grad()
     def sweep_knob(self, trainer: L.Trainer, pl_module: Any) -> list[dict[str, Any]]:
         """One row per knob value: sample metrics of ``test_num_samples`` samples (same seeds, same real
         features for every value, so the rows differ by the knob only). Runs on every rank."""
@@ -190,11 +193,9 @@ class GenerativeEvaluation(Callback):
         if not self._wants_features(pl_module) or self.num_samples["test"] <= 0:
             raise LitGenError("evaluation.sweep needs image data and test_num_samples > 0")
         num = self.num_samples["test"]
-        real = self.real_features(trainer, pl_module, num)
-        was_training = pl_module.training
-        pl_module.eval()
         rows = []
-        try:
+        with evaluating(pl_module):
+            real = self.real_features(trainer, pl_module, num)
             for value in self.sweep:
                 kwargs = {**pl_module.sample_kwargs, knob: value}
                 features, grid, seconds = self._draw(trainer, pl_module, num, True, kwargs)
@@ -203,8 +204,6 @@ class GenerativeEvaluation(Callback):
                 rows.append(row)
                 if grid is not None and grid.numel():
                     self._save_grid(trainer, pl_module, grid, f"sweep_{knob}_{value}")
-        finally:
-            pl_module.train(was_training)
         return rows
 
     def _draw(self, trainer: L.Trainer, pl_module: Any, num: int, wants_features: bool,
@@ -213,42 +212,39 @@ class GenerativeEvaluation(Callback):
         kwargs = pl_module.sample_kwargs if sample_kwargs is None else sample_kwargs
         if num <= 0:
             return None, None, None
-        sizes = chunk_sizes(num, self.sample_batch_size)
-        mine = rank_chunks(len(sizes), trainer.global_rank, trainer.world_size)
+        classes = pl_module.num_classes if getattr(pl_module, "conditional", False) else None
+        request = SampleRequest(num, self.seed, self.sample_batch_size, classes)
         grid_chunks = math.ceil(self.grid_size / self.sample_batch_size)
         feats: dict[int, Tensor] = {}
         images: dict[int, Tensor] = {}
         sample_time = 0.0
         extractor = self._extractor(pl_module) if wants_features else None
-        for index in mine:
+        for chunk in request.for_rank(trainer.global_rank, trainer.world_size):
             start = time.perf_counter()
-            labels = chunk_labels(pl_module, index, sizes[index], self.sample_batch_size)
-            start_index = index * self.sample_batch_size
-            x = draw_samples(pl_module, start_index, sizes[index], self.seed, kwargs, labels).float()
+            x = draw_chunk(pl_module, chunk, kwargs).float()
             if pl_module.device.type == "cuda":
                 torch.cuda.synchronize(pl_module.device)
             sample_time += time.perf_counter() - start
             if not torch.isfinite(x).all():
                 raise LitGenError(f"{type(pl_module).__name__}.sample() returned non-finite values")
-            if index < grid_chunks:
-                images[index] = x
+            if chunk.index < grid_chunks:
+                images[chunk.index] = x
             if extractor is not None:
-                feats[index] = extractor(x.clamp(0, 1)).float()
-        gather = trainer.strategy.all_gather
-        world = trainer.world_size
-        device = pl_module.device
-        features = gather_chunks(feats, sizes, world, gather, (2048,), device) if extractor else None
-        grid_sizes = sizes[:grid_chunks]
-        grid_images = {i: images[i] for i in images}
-        grid = gather_chunks(grid_images, grid_sizes, world, gather, tuple(pl_module.data_shape), device)
-        total_time = torch.tensor(sample_time, device=device, dtype=torch.float64)
-        if world > 1:
+                feats[chunk.index] = extractor(x.clamp(0, 1)).float()
+        features = self._gather(trainer, pl_module, feats, request.sizes, (FEATURE_DIM,)) if extractor else None
+        grid = self._gather(trainer, pl_module, images, request.sizes[:grid_chunks], tuple(pl_module.data_shape))
+        total_time = torch.tensor(sample_time, device=pl_module.device, dtype=torch.float64)
+        if trainer.world_size > 1:
             total_time = trainer.strategy.reduce(total_time, reduce_op="sum")
         return features, grid[: self.grid_size], float(total_time) / num
 
-    def _extractor(self, pl_module: Any):
-        from lit_gen.evaluation.features import get_inception
+    @staticmethod
+    def _gather(trainer: L.Trainer, pl_module: Any, local: dict[int, Tensor], sizes: list[int],
+                shape: tuple[int, ...]) -> Tensor:
+        """Every rank's chunks, in chunk order, on every rank."""
+        return gather_chunks(local, sizes, trainer.world_size, trainer.strategy.all_gather, shape, pl_module.device)
 
+    def _extractor(self, pl_module: Any):
         return get_inception(self.inception_weights, pl_module.device)
 
     def real_features(self, trainer: L.Trainer, pl_module: Any, num_generated: int) -> Tensor:
@@ -259,10 +255,6 @@ class GenerativeEvaluation(Callback):
         images find the old one. Every rank reads and hashes all N images (cheap next to Inception), so all
         ranks compute the same key; on a miss each embeds only its own chunks of the batches it read.
         """
-        from lightning.pytorch.utilities.rank_zero import rank_zero_info
-
-        from lit_gen.evaluation.metrics import FeatureCache, ImageFingerprint
-
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "split_dataset"):
             raise LitGenError("sample metrics need a lit-gen datamodule (with split_dataset) for real images")
@@ -271,7 +263,7 @@ class GenerativeEvaluation(Callback):
         extractor = self._extractor(pl_module)
         sizes = chunk_sizes(num, self.sample_batch_size)
         mine = set(rank_chunks(len(sizes), trainer.global_rank, trainer.world_size))
-        fingerprint = ImageFingerprint()
+        fingerprint = metrics.ImageFingerprint()
         batches: dict[int, Tensor] = {}
         # A train-time augmentation (CIFAR-10's random_flip) draws from the global CPU generator: under a
         # fixed seed the same config reads the same images (hence the same key) and training's stream is
@@ -285,7 +277,7 @@ class GenerativeEvaluation(Callback):
                 fingerprint.update(batch)
                 if index in mine:
                     batches[index] = batch
-        cache = FeatureCache(Path(self.cache_dir) / "features" if self.cache_dir else None)
+        cache = metrics.FeatureCache(Path(self.cache_dir) / "features" if self.cache_dir else None)
         key = cache.key(datamodule.name, self.real_split, extractor.cache_id, num,
                         images=fingerprint.hexdigest()[:16], prep=extractor.preprocessing)
         features, status = self._real_features.get(key), "hit (in memory)"
@@ -300,8 +292,7 @@ class GenerativeEvaluation(Callback):
                     features, status = None, "miss (not on every rank)"
         if features is None:
             local = {index: extractor(batch.to(pl_module.device)).float() for index, batch in batches.items()}
-            features = gather_chunks(local, sizes, trainer.world_size, trainer.strategy.all_gather,
-                                     (2048,), pl_module.device)
+            features = self._gather(trainer, pl_module, local, sizes, (FEATURE_DIM,))
             status += f", computed and saved in {cache.root}"
             if trainer.is_global_zero:
                 cache.save(key, features.cpu())
@@ -311,8 +302,6 @@ class GenerativeEvaluation(Callback):
         return features.to(pl_module.device)
 
     def _sample_metrics(self, real: Tensor, fake: Tensor, with_pr: bool = False) -> dict[str, float]:
-        from lit_gen.evaluation import metrics
-
         real, fake = real.double().cpu(), fake.double().cpu()
         out: dict[str, float] = {}
         if self.use_fid or with_pr:
@@ -332,14 +321,10 @@ class GenerativeEvaluation(Callback):
         path = out_dir / f"{stage}_epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}.png"
         samples = samples.detach().float().cpu()
         if samples.dim() == 4:
-            from lit_gen.evaluation.report import save_image_grid
-
             grid = save_image_grid(samples.clamp(0, 1), path)
             for logger in trainer.loggers:
                 experiment = getattr(logger, "experiment", None)
                 if hasattr(experiment, "add_image"):
                     experiment.add_image(f"{stage}/samples", grid, trainer.global_step)
         elif samples.dim() == 2 and samples.shape[1] == 2:
-            from lit_gen.evaluation.report import save_scatter
-
             save_scatter(samples, path)

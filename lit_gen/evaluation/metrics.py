@@ -62,8 +62,8 @@ def fid(real_features, fake_features) -> float:
     FID = |mu_r - mu_f|^2 + tr(S_r) + tr(S_f) - 2 tr sqrt(S_r S_f): torch-fidelity's
     ``fid_statistics_to_metric`` formula. With S = F^T F, the eigenvalues of S_r S_f are those of the small
     symmetric K K^T, K = F_r F_f^T, so tr sqrt(S_r S_f) = sum(sqrt(eigvalsh(K K^T))). torch-fidelity takes
-    ``eigvals`` of the non-symmetric 2048 x 2048 product instead: ~10 s per call on a small CPU (it would
-    dominate an evaluation whose real features are cached), and spurious complex eigenvalues when N < 2048.
+    ``eigvals`` of the non-symmetric 2048 x 2048 product instead: far slower on a CPU (it would dominate
+    an evaluation whose real features are cached), and spurious complex eigenvalues when N < 2048.
     tests/evaluation/test_metrics.py checks that both agree.
     """
     real, fake = _pair(real_features, fake_features)  # a covariance needs >= 2 samples

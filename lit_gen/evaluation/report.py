@@ -12,10 +12,8 @@ import torch
 from torch import Tensor
 
 from lit_gen import __version__
+from lit_gen.core.records import MetricRecord
 from lit_gen.core.runtime import qualified_name
-
-UNITS = {"nll": "nats", "bpd": "bits/dim", "fid": "", "kid_mean": "", "kid_std": "", "precision": "",
-         "recall": "", "sample_sec_per_image": "s"}
 
 
 def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = None,
@@ -56,31 +54,18 @@ def save_scatter(points: Tensor, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def collect_test_metrics(trainer: Any, pl_module: Any, callback: Any) -> dict[str, Any]:
-    """Everything ``test`` measured, each metric with its value, kind, N and provenance."""
-
+def metrics_from_records(records: list[MetricRecord]) -> dict[str, dict[str, Any]]:
+    """``metrics.json``'s ``metrics``: each record's entry by its name, in the order they were made."""
     metrics: dict[str, dict[str, Any]] = {}
-    kinds = pl_module.likelihood_kinds() if hasattr(pl_module, "likelihood_kinds") else {}
-    logged = {k[len("test/"):]: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    num_examples = logged.pop("num_examples", None)
-    n = int(round(float(num_examples))) if num_examples is not None else None
-    for name, value in sorted(logged.items()):
-        entry: dict[str, Any] = {"value": float(value), "split": "test"}
-        if name in kinds:
-            entry.update(kind=kinds[name], n=n)
-        elif f"test/{name}" in callback.sample_metrics:
-            entry.update(callback.sample_metrics[f"test/{name}"])
-        elif name == "loss" or name.endswith("_nats"):
-            entry["n"] = n
-        unit = UNITS.get(name, "bits/dim" if name.endswith("bpd") else
-                         "nats" if name in kinds or name.endswith("_nats") else "")
-        if unit:
-            entry["unit"] = unit
-        metrics[name] = entry
-    if not kinds:
-        # Say it plainly rather than print a made-up number.
-        metrics["nll"] = {"value": None, "kind": "not available",
-                          "why": f"{type(pl_module).__name__} has no tractable likelihood"}
+    for record in records:
+        if record.name in metrics:
+            raise ValueError(f"two records of {record.name!r} for split {record.split!r}")
+        metrics[record.name] = record.as_dict()
+    return metrics
+
+
+def collect_test_metrics(trainer: Any, pl_module: Any, records: list[MetricRecord]) -> dict[str, Any]:
+    """Everything ``test`` measured (the model's and the callback's records) and what produced it."""
     datamodule = trainer.datamodule
     return {
         "model": qualified_name(pl_module),
@@ -90,7 +75,7 @@ def collect_test_metrics(trainer: Any, pl_module: Any, callback: Any) -> dict[st
         "seed": int(os.environ["PL_GLOBAL_SEED"]) if "PL_GLOBAL_SEED" in os.environ else None,
         "sample_kwargs": dict(getattr(pl_module, "sample_kwargs", {})),
         "lit_gen_version": __version__,
-        "metrics": metrics,
+        "metrics": metrics_from_records(records),
     }
 
 
@@ -112,22 +97,19 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def print_metrics_table(report: dict[str, Any]) -> None:
-    """A short rich table: metric, value, kind / protocol, N."""
+def print_metrics_table(report: dict[str, Any], records: list[MetricRecord]) -> None:
+    """A short rich table of the records: metric, value with its unit, kind (or what was compared), N."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{report['model'].rsplit('.', 1)[-1]} on {report['datamodule']} ({report['split']})")
     for column in ("metric", "value", "kind", "N"):
         table.add_column(column, justify="right" if column in ("value", "N") else "left")
-    for name, entry in report["metrics"].items():
-        if "n_generated" in entry and "n_real" in entry:
-            kind = f"{entry['n_real']} real ({entry['real_split']}) vs generated"
-            count = entry["n_generated"]
-        else:
-            kind, count = entry.get("kind", ""), entry.get("n", entry.get("n_generated", ""))
-        unit = f" {entry['unit']}" if entry.get("unit") else ""
-        table.add_row(name, format_value(entry["value"]) + unit, kind, format_value(count))
+    for record in records:
+        unit = f" {record.unit}" if record.unit else ""
+        count = record.count
+        table.add_row(record.name, format_value(record.value) + unit, record.describe(),
+                      "" if count is None else format_value(count))
     Console().print(table)
 
 

@@ -32,10 +32,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_gen import __version__
-from lit_gen.core.levels import dequantize
+from lit_gen.core.levels import dequantize, snap_to_levels
 from lit_gen.core.likelihood import NLL, bits_per_dim
+from lit_gen.core.means import SplitMeans
 from lit_gen.core.numerics import full_float32_convolutions
-from lit_gen.core.requests import chunk_labels, draw_samples
+from lit_gen.core.records import BITS_PER_DIM, NATS, MetricRecord, not_available
+from lit_gen.core.requests import SampleChunk, draw_chunk
 from lit_gen.core.runtime import (
     collect_rng_state,
     gather_from_ranks,
@@ -44,7 +46,13 @@ from lit_gen.core.runtime import (
     seed_all,
 )
 from lit_gen.core.seeds import ExampleGenerators
-from lit_gen.errors import CheckpointError, LitGenError, check_sample_knobs
+from lit_gen.errors import (
+    CheckpointError,
+    ConfigurationError,
+    LitGenError,
+    check_sample_knobs,
+    require_labels,
+)
 
 RNG_KEY = "lit_gen_rng_states"
 TRAIN_SUMS_KEY = "lit_gen_train_sums"
@@ -89,6 +97,9 @@ class GenerativeModule(L.LightningModule):
     evaluation_seed: int = 0
     #: Name of the family's diversity-vs-quality argument of ``sample`` (temperature, truncation, ...).
     sampling_knob: ClassVar[str | None] = None
+    #: Units of the terms ``loss`` returns, where they have one (e.g. a VAE's KL in nats); reports show
+    #: exactly these, and no unit for a term not listed.
+    term_units: ClassVar[dict[str, str]] = {}
     #: Init arguments kept out of the checkpoint's hyperparameters: factories are code, not values, and
     #: leaving them out keeps checkpoints loadable with ``weights_only=True``.
     hparams_ignore: ClassVar[tuple[str, ...]] = ("optimizer", "lr_scheduler")
@@ -111,11 +122,11 @@ class GenerativeModule(L.LightningModule):
         # Collects the init arguments of the whole subclass chain: checkpoints record what built them.
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
         if conditional and not num_classes:
-            raise LitGenError(f"{type(self).__name__}: conditional=True needs a labeled dataset (num_classes)")
+            raise ConfigurationError(f"{type(self).__name__}: conditional=True needs a labeled dataset (num_classes)")
         if num_levels is not None and num_levels < 2:
-            raise LitGenError(f"num_levels must be >= 2 or null, got {num_levels}")
+            raise ConfigurationError(f"num_levels must be >= 2 or null, got {num_levels}")
         if lr_scheduler_interval not in ("epoch", "step"):
-            raise LitGenError(f"lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}")
+            raise ConfigurationError(f"lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}")
         check_sample_knobs(type(self), sample_kwargs or {})
         self.data_shape = tuple(int(s) for s in data_shape)
         self.num_levels = num_levels
@@ -126,10 +137,12 @@ class GenerativeModule(L.LightningModule):
         self.lr_scheduler_interval = lr_scheduler_interval
         self.sample_kwargs = dict(sample_kwargs or {})
         self.compile_networks = compile
-        # stage -> metric -> float64 sum on the device, and its number of examples (a host int: no copy to
-        # the device at every step)
-        self._split_sums: dict[str, dict[str, Tensor]] = {}
-        self._split_counts: dict[str, dict[str, int]] = {}
+        # stage -> metric -> exact float64 sums and example counts (train epoch means, val / test means)
+        self.split_means = SplitMeans()
+        # metric -> (unit, likelihood kind), set where each split mean is made; read into metric records
+        self._metric_meta: dict[str, tuple[str, str | None]] = {}
+        # stage -> the records of its last completed epoch (loss terms, NLL, bits/dim)
+        self.records: dict[str, list[MetricRecord]] = {}
         # stage -> the dataset indices of each batch of its evaluation loader (None: unknown), per epoch
         self._evaluation_batches: dict[str, list[list[int]] | None] = {}
 
@@ -151,6 +164,22 @@ class GenerativeModule(L.LightningModule):
         (:func:`lit_gen.core.likelihood.discrete_nll_from_density`). Continuous data passes through.
         """
         return x if self.num_levels is None else dequantize(x, self.num_levels)
+
+    def snap_to_levels(self, x: Tensor) -> Tensor:
+        """Generated samples onto the data's K levels (continuous data passes through)."""
+        return snap_to_levels(x, self.num_levels)
+
+    def model_labels(self, labels: Tensor | None) -> Tensor | None:
+        """The labels a network sees: None for an unconditional model, else the given ones as long
+        (missing ones are an error: a conditional model never silently draws unconditionally)."""
+        if not self.conditional:
+            return None
+        return require_labels(type(self).__name__, labels).long()
+
+    def check_unconditional(self) -> None:
+        """For families with no conditional variant: refuse ``conditional: true`` when the model is built."""
+        if self.conditional:
+            raise ConfigurationError(f"{type(self).__name__} is unconditional (conditional: false)")
 
     def default_labels(self, num_samples: int, device: torch.device | None = None) -> Tensor | None:
         """Balanced labels (0, 1, ..., C-1, 0, ...) for conditional sampling; None when unconditional."""
@@ -184,28 +213,29 @@ class GenerativeModule(L.LightningModule):
         return {}
 
     # ------------------------------------------------------------ Lightning
-    def _log_loss(self, stage: str, out: Tensor | dict[str, Tensor], batch_size: int) -> Tensor:
+    def log_loss(self, stage: str, out: Tensor | dict[str, Tensor], batch_size: int) -> Tensor:
         terms = out if isinstance(out, dict) else {"loss": out}
         if "loss" not in terms:
             raise LitGenError(f"{type(self).__name__}.loss() returned a dict without a 'loss' entry")
         if stage == "train":
-            self._log_train_terms(terms, batch_size)
+            self.log_train_terms(terms, batch_size)
         else:
             for name, value in terms.items():
-                self._accumulate(stage, name, value.detach().double() * batch_size, batch_size)
+                self._metric_meta.setdefault(name, (self.term_units.get(name, ""), None))
+                self.split_means.add(stage, name, value.detach().double() * batch_size, batch_size)
         return terms["loss"]
 
-    def _log_train_terms(self, terms: dict[str, Tensor], batch_size: int) -> None:
+    def log_train_terms(self, terms: dict[str, Tensor], batch_size: int) -> None:
         """One training step's terms: summed for their epoch means, handed to the logger on the steps it
         writes (every ``log_every_n_steps``: ``train/<name>_step``), the loss to the progress bar.
 
-        Lightning's ``self.log`` costs about half a millisecond a call in its own bookkeeping; one call per
-        term at every step made a small model's GPU step 10-50 % slower than a hand-written loop
-        (benchmarks/framework_overhead.py). The epoch means (``train/<name>_epoch``) are float64 sums
+        Lightning's ``self.log`` does bookkeeping of its own at every call; one call per term at every
+        step made a small model's GPU step measurably slower than a hand-written loop
+        (benchmarks/framework_overhead.py measures it). The epoch means (``train/<name>_epoch``) are float64 sums
         over every example of every rank, logged by :meth:`_log_train_epoch_means`.
         """
         for name, value in terms.items():
-            self._accumulate("train", name, value.detach().double() * batch_size, batch_size)
+            self.split_means.add("train", name, value.detach().double() * batch_size, batch_size)
         connector = getattr(self.trainer, "_logger_connector", None)  # Lightning's rule for when it writes
         if self.loggers and (connector is None or connector.should_update_logs):
             # Straight to the loggers, at the step Lightning's own logging uses: through self.log, a term
@@ -225,52 +255,42 @@ class GenerativeModule(L.LightningModule):
             self.log(f"train/{name}_epoch", total / count, on_epoch=True, sync_dist=True)
             self.log(f"train/{name}", total / count, logger=False, on_epoch=True, sync_dist=True)  # for monitors
 
-    def _accumulate(self, stage: str, name: str, total: Tensor, count: int) -> None:
-        """Add to the split's running sum of a metric and its number of examples."""
-        sums, counts = self._split_sums.setdefault(stage, {}), self._split_counts.setdefault(stage, {})
-        total = total.sum().double()
-        sums[name] = total if name not in sums else sums[name] + total
-        counts[name] = counts.get(name, 0) + count
-
-    def _reset_split(self, stage: str) -> None:
-        self._split_sums.pop(stage, None)
-        self._split_counts.pop(stage, None)
-
     def _split_totals(self, stage: str) -> dict[str, tuple[Tensor, Tensor]]:
-        """Each metric's (sum, number of examples) over every example on every rank, in float64; the split's
-        running sums are cleared.
-
-        Lightning's own synced mean divides by an integer mean of per-rank batch sizes, which truncates
-        when ranks hold different numbers of examples (as the unrepeated evaluation sampler gives them).
-        """
-        sums, counts = self._split_sums.get(stage, {}), self._split_counts.get(stage, {})
-        self._reset_split(stage)
-        if not sums:
-            return {}
-        names = sorted(sums)
-        stacked = torch.stack([torch.stack([sums[name], sums[name].new_tensor(float(counts[name]))])
-                               for name in names])
+        """Each metric's (sum, number of examples) over every example on every rank; the split is cleared."""
+        reduce = None
         if self.trainer.world_size > 1:
-            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
-        return {name: (total, count) for name, (total, count) in zip(names, stacked)}
+            def reduce(t: Tensor) -> Tensor:
+                return self.trainer.strategy.reduce(t, reduce_op="sum")
+        return self.split_means.pop(stage, reduce)
 
     def _log_split_means(self, stage: str) -> None:
-        """Exact split means over every example on every rank, in float64."""
+        """Exact split means over every example on every rank, in float64, logged and kept as records."""
         totals = self._split_totals(stage)
+        records = []
         for name, (total, count) in totals.items():
-            self.log(f"{stage}/{name}", total / count, prog_bar=name == "loss", sync_dist=True)
+            mean = total / count
+            self.log(f"{stage}/{name}", mean, prog_bar=name == "loss", sync_dist=True)
+            unit, kind = self._metric_meta.get(name, ("", None))
+            records.append(MetricRecord(name, float(mean), stage, unit=unit, kind=kind, n=int(count)))
+        if totals and not self.has_likelihood:
+            records.append(not_available(stage, type(self).__name__))
+        self.records[stage] = records
         if totals:  # the N that reports state beside every split mean (every evaluation step logs a loss)
             self.log(f"{stage}/num_examples", totals["loss"][1], sync_dist=True)
 
+    def metric_records(self, stage: str) -> list[MetricRecord]:
+        """The records of ``stage``'s last completed evaluation epoch (empty before one)."""
+        return list(self.records.get(stage, []))
+
     def on_validation_epoch_start(self) -> None:
-        self._reset_split("val")
+        self.split_means.reset("val")
         self._evaluation_batches.pop("val", None)
 
     def on_validation_epoch_end(self) -> None:
         self._log_split_means("val")
 
     def on_test_epoch_start(self) -> None:
-        self._reset_split("test")
+        self.split_means.reset("test")
         self._evaluation_batches.pop("test", None)
 
     def on_test_epoch_end(self) -> None:
@@ -287,7 +307,7 @@ class GenerativeModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, labels = self.split_batch(batch)
-        loss = self._log_loss("train", self.loss(x, labels), x.shape[0])
+        loss = self.log_loss("train", self.loss(x, labels), x.shape[0])
         self.check_finite(loss)
         return loss
 
@@ -327,22 +347,25 @@ class GenerativeModule(L.LightningModule):
     def _evaluation_step(self, stage: str, batch: Any, batch_idx: int | None = None) -> None:
         x, labels = self.split_batch(batch)
         source = self.evaluation_generators(stage, batch_idx, x.shape[0])
-        self._log_loss(stage, self.loss(x, labels, **_noise_argument(self.loss, source)), x.shape[0])
+        self.log_loss(stage, self.loss(x, labels, **_noise_argument(self.loss, source)), x.shape[0])
         if not self.has_likelihood:
             return
         with full_float32_convolutions():  # reported likelihoods do not depend on the GPU's TF32 setting
             out = self.nll(x, labels, **self.eval_nll_kwargs(stage), **_noise_argument(self.nll, source))
-        self._log_nll(stage, "nll", out.nats)
-        for name, (nats, _kind) in out.terms.items():
-            self._log_nll(stage, name, nats)
+        self.log_nll(stage, "nll", out.nats, out.kind)
+        for name, (nats, kind) in out.terms.items():
+            self.log_nll(stage, name, nats, kind)
 
-    def _log_nll(self, stage: str, name: str, nats: Tensor) -> None:
-        """Per-example nats (and bits/dim for discrete data) into the split's exact float64 means."""
+    def log_nll(self, stage: str, name: str, nats: Tensor, kind: str) -> None:
+        """Per-example nats (and bits/dim for discrete data) of a likelihood of ``kind`` into the split's
+        exact float64 means."""
         nats = nats.detach().double()
-        self._accumulate(stage, name, nats, nats.numel())
+        self._metric_meta[name] = (NATS, kind)
+        self.split_means.add(stage, name, nats, nats.numel())
         if self.num_levels is not None:
             bpd_name = "bpd" if name == "nll" else f"{name}_bpd"
-            self._accumulate(stage, bpd_name, bits_per_dim(nats, self.num_dims), nats.numel())
+            self._metric_meta[bpd_name] = (BITS_PER_DIM, kind)
+            self.split_means.add(stage, bpd_name, bits_per_dim(nats, self.num_dims), nats.numel())
 
     def likelihood_kinds(self) -> dict[str, str]:
         """Metric name -> kind, for reports (the kinds of ``nll`` and of its extra terms)."""
@@ -362,16 +385,15 @@ class GenerativeModule(L.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluation_step("test", batch, batch_idx)
 
-    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        """One chunk of a seeded sample request (see :class:`lit_gen.datamodules.base.SampleRequests`).
+    def predict_step(self, batch: SampleChunk, batch_idx: int) -> dict[str, Any]:
+        """One chunk of the seeded sample request the datamodule made (:class:`~lit_gen.core.requests.SampleRequest`).
 
         Sample ``j`` of the request is drawn from its own generator seeded ``seed + j``, so the sample set
         of ``lit-gen predict`` depends neither on the chunk size nor on how many devices drew it.
         """
-        index, size, seed, chunk_size = (int(v) for v in batch[0])
-        labels = chunk_labels(self, index, size, chunk_size)
-        images = draw_samples(self, index * chunk_size, size, seed, self.sample_kwargs, labels)
-        return {"chunk": index, "start": index * chunk_size, "images": images.float().cpu(),
+        images = draw_chunk(self, batch, self.sample_kwargs)
+        labels = batch.labels if self.conditional else None
+        return {"chunk": batch.index, "start": batch.start, "images": images.float().cpu(),
                 "labels": None if labels is None else labels.cpu()}
 
     def setup(self, stage: str) -> None:
@@ -397,7 +419,7 @@ class GenerativeModule(L.LightningModule):
         self._log_train_epoch_means()
 
     def on_train_epoch_start(self) -> None:
-        self._reset_split("train")
+        self.split_means.reset("train")
         self._restore_resumed_state()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -421,8 +443,7 @@ class GenerativeModule(L.LightningModule):
         sums = getattr(self, "_resume_train_sums", None)
         self._resume_train_sums = None
         if sums and len(sums) == world:  # the epoch was stopped part-way: its means go on where they were
-            for name, (total, count) in sums[rank].items():
-                self._accumulate("train", name, total.to(self.device), count)
+            self.split_means.load("train", sums[rank], self.device)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
@@ -467,9 +488,7 @@ class GenerativeModule(L.LightningModule):
         # order and noise as an uninterrupted one. Plain tensors and lists: loadable with weights_only.
         checkpoint[RNG_KEY] = gather_from_ranks(collect_rng_state())
         # The running sums of a training epoch stopped part-way (empty at an epoch's end), every rank's.
-        sums, counts = self._split_sums.get("train", {}), self._split_counts.get("train", {})
-        checkpoint[TRAIN_SUMS_KEY] = gather_from_ranks(
-            {name: [sums[name].detach().cpu(), counts[name]] for name in sums})
+        checkpoint[TRAIN_SUMS_KEY] = gather_from_ranks(self.split_means.state("train"))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._checkpoint_hparams = dict(checkpoint.get("hyper_parameters") or {})

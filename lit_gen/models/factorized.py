@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from lit_gen.core.levels import to_levels
 from lit_gen.core.likelihood import NLL
 from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import ConfigurationError
 from lit_gen.models.base import GenerativeModule
 from lit_gen.nn.distributions import categorical_log_prob, categorical_sample
 
@@ -30,9 +31,8 @@ class FactorizedCategorical(GenerativeModule):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.num_levels is None:
-            raise ValueError("FactorizedCategorical needs discrete data (num_levels)")
-        if self.conditional:
-            raise ValueError("FactorizedCategorical is unconditional")
+            raise ConfigurationError("FactorizedCategorical needs discrete data (num_levels)")
+        self.check_unconditional()
         self.logits = nn.Parameter(torch.zeros(self.num_levels, *self.data_shape))
 
     def log_prob(self, x: Tensor) -> Tensor:

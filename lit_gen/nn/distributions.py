@@ -19,6 +19,7 @@ from torch import Tensor
 from lit_gen.core import seeds
 from lit_gen.core.levels import from_levels, to_levels
 from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import ConfigurationError
 
 
 def gumbel_argmax(logits: Tensor, dim: int, generator: RandomSource) -> Tensor:
@@ -124,7 +125,7 @@ def discretized_logistic_mean(logit_weights: Tensor, means: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------- decoder heads
-class DiscreteLikelihood:
+class LikelihoodHead:
     """A per-dimension likelihood over network outputs of shape ``(B, P, *D)``.
 
     ``log_prob`` returns per-dimension log-probabilities ``(B, *D)``; ``sample`` and ``mean`` return
@@ -143,7 +144,7 @@ class DiscreteLikelihood:
         raise NotImplementedError
 
 
-class CategoricalLikelihood(DiscreteLikelihood):
+class CategoricalLikelihood(LikelihoodHead):
     """K-way softmax per dimension: exact in the data's own levels, no ordinal assumption."""
 
     def __init__(self, num_levels: int) -> None:
@@ -159,7 +160,7 @@ class CategoricalLikelihood(DiscreteLikelihood):
         return categorical_mean(params, self.num_levels)
 
 
-class LogisticMixtureLikelihood(DiscreteLikelihood):
+class LogisticMixtureLikelihood(LikelihoodHead):
     """Mixture of M discretized logistics per dimension (3M parameters: weights, means, log-scales)."""
 
     def __init__(self, num_levels: int, num_mixtures: int = 5) -> None:
@@ -177,7 +178,7 @@ class LogisticMixtureLikelihood(DiscreteLikelihood):
         return discretized_logistic_mean(logit_weights, means)
 
 
-class BernoulliLikelihood(DiscreteLikelihood):
+class BernoulliLikelihood(LikelihoodHead):
     """Binary data (K = 2), e.g. binarized MNIST."""
 
     params_per_dim = 1
@@ -192,7 +193,7 @@ class BernoulliLikelihood(DiscreteLikelihood):
         return torch.sigmoid(params.squeeze(1).float())
 
 
-class GaussianLikelihood(DiscreteLikelihood):
+class GaussianLikelihood(LikelihoodHead):
     """A diagonal Gaussian *density* for continuous data (toy 2-D): log-densities, not probabilities."""
 
     params_per_dim = 2
@@ -211,11 +212,11 @@ class GaussianLikelihood(DiscreteLikelihood):
         return params.float()[:, 0]
 
 
-def build_likelihood(name: str, num_levels: int | None, num_mixtures: int = 5) -> DiscreteLikelihood:
+def build_likelihood(name: str, num_levels: int | None, num_mixtures: int = 5) -> LikelihoodHead:
     """Decoder head by name; checks it fits the data (discrete heads need K, Bernoulli needs K = 2)."""
     if name == "gaussian" or num_levels is None:
         if name != "gaussian":
-            raise ValueError(f"continuous data (num_levels=None) needs the 'gaussian' likelihood, not {name!r}")
+            raise ConfigurationError(f"continuous data (num_levels=None) needs the 'gaussian' likelihood, not {name!r}")
         return GaussianLikelihood()
     if name == "categorical":
         return CategoricalLikelihood(num_levels)
@@ -223,8 +224,8 @@ def build_likelihood(name: str, num_levels: int | None, num_mixtures: int = 5) -
         return LogisticMixtureLikelihood(num_levels, num_mixtures)
     if name == "bernoulli":
         if num_levels != 2:
-            raise ValueError(f"the 'bernoulli' likelihood is for binary data (num_levels=2), got {num_levels}")
+            raise ConfigurationError(f"the 'bernoulli' likelihood is for binary data (num_levels=2), got {num_levels}")
         return BernoulliLikelihood()
-    raise ValueError(
+    raise ConfigurationError(
         f"likelihood must be one of 'categorical', 'logistic_mixture', 'bernoulli', 'gaussian'; got {name!r}"
     )

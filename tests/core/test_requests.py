@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from lit_gen.core.requests import (
-    SampleRequests,
-    chunk_labels,
+    SampleRequest,
+    balanced_labels,
     chunk_sizes,
+    draw_chunk,
     draw_samples,
     rank_chunks,
 )
@@ -46,10 +47,31 @@ def test_gathered_chunks_equal_the_single_process_result():
             assert torch.equal(result, single)
 
 
-def test_sample_requests_are_chunk_index_size_seed():
-    requests = SampleRequests(10, 4, seed=7)
-    assert len(requests) == 3
-    assert requests[2].tolist() == [2, 2, 7, 4]
+def test_a_request_is_chunks_with_index_start_size_seed_and_labels():
+    request = SampleRequest(10, seed=7, chunk_size=4, num_classes=3)
+    assert len(request) == 3
+    last = request[2]
+    assert (last.index, last.start, last.size, last.seed) == (2, 8, 2, 7) and last.labels.tolist() == [2, 0]
+    assert SampleRequest(10, 7, 4)[0].labels is None  # unlabeled data: no labels
+    assert [c.index for c in request.for_rank(1, 2)] == [1]
+
+
+def test_a_chunk_is_drawn_with_its_labels_only_by_a_conditional_model():
+    seen = []
+
+    class Model:
+        device = torch.device("cpu")
+        conditional = False
+
+        def sample(self, n, labels=None, generator=None):
+            seen.append(labels)
+            return torch.zeros(n, 1)
+
+    chunk = SampleRequest(4, 0, 4, num_classes=2)[0]
+    draw_chunk(Model(), chunk, {})
+    Model.conditional = True
+    draw_chunk(Model(), chunk, {})
+    assert seen[0] is None and seen[1].tolist() == [0, 1, 0, 1]
 
 
 def test_sample_j_of_a_request_is_the_same_in_chunks_of_any_size():
@@ -72,12 +94,8 @@ def test_sample_j_of_a_request_is_the_same_in_chunks_of_any_size():
     assert len(torch.unique(by_chunks[3].flatten(1), dim=0)) == 10
 
 
-def test_chunk_labels_give_sample_j_the_label_j_mod_classes():
-    class Conditional:
-        num_classes = 3
-
-        def default_labels(self, n):
-            return torch.arange(n) % self.num_classes
-
-    labels = torch.cat([chunk_labels(Conditional(), i, size, 4) for i, size in enumerate(chunk_sizes(10, 4))])
+def test_balanced_labels_give_sample_j_the_label_j_mod_classes():
+    labels = torch.cat([balanced_labels(i * 4, size, 3) for i, size in enumerate(chunk_sizes(10, 4))])
     assert labels.tolist() == [j % 3 for j in range(10)]
+    chunks = torch.cat([c.labels for c in SampleRequest(10, 0, 4, num_classes=3)])
+    assert torch.equal(chunks, labels)

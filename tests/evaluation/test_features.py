@@ -7,7 +7,7 @@ from PIL import Image
 from torchvision.utils import save_image
 
 from lit_gen.errors import WeightsNotFoundError
-from lit_gen.evaluation import features as F
+from lit_gen.evaluation import inception_weights as F
 from lit_gen.evaluation.features import (
     EXTRACTOR_ID,
     TORCH_FIDELITY_WEIGHTS_NAME,

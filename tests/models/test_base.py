@@ -102,13 +102,13 @@ def test_training_terms_reach_the_logger_every_n_steps_and_as_exact_epoch_means(
     model, logger = cli.model, RecordingLogger(tmp_path)
     cli.trainer.loggers = [logger]
     steps = []  # (epoch, batch size, {name: value}) of every training step, as the model reported them
-    original = model._log_train_terms
+    original = model.log_train_terms
 
     def record(terms, batch_size):
         steps.append((model.current_epoch, batch_size, {k: float(v) for k, v in terms.items()}))
         original(terms, batch_size)
 
-    model._log_train_terms = record
+    model.log_train_terms = record
     cli.trainer.fit(model, datamodule=cli.datamodule)
 
     sizes = {size for _, size, _ in steps}

@@ -17,9 +17,10 @@ from torch import Tensor
 
 from lit_gen.core import seeds
 from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import ConfigurationError
 from lit_gen.nn.distributions import (
     CategoricalLikelihood,
-    DiscreteLikelihood,
+    LikelihoodHead,
     LogisticMixtureLikelihood,
     gumbel_argmax,
 )
@@ -27,7 +28,7 @@ from lit_gen.nn.distributions import (
 HEADS = ("categorical", "logistic_mixture", "gaussian_mixture")
 
 
-class GaussianMixtureLikelihood(DiscreteLikelihood):
+class GaussianMixtureLikelihood(LikelihoodHead):
     """Mixture of M Gaussians per dimension for continuous data (3M parameters: weights, means, log-scales).
 
     ``log_prob`` is a log-*density* in nats. ``temperature`` scales each component's width; at
@@ -74,18 +75,18 @@ class GaussianMixtureLikelihood(DiscreteLikelihood):
         return (F.softmax(logit_weights, dim=1) * means).sum(dim=1)
 
 
-def build_head(name: str, num_levels: int | None, num_mixtures: int = 5) -> DiscreteLikelihood:
+def build_head(name: str, num_levels: int | None, num_mixtures: int = 5) -> LikelihoodHead:
     """The conditional's head by name, checked against the data (discrete heads need K levels)."""
     if name not in HEADS:
-        raise ValueError(f"likelihood must be one of {', '.join(HEADS)}; got {name!r}")
+        raise ConfigurationError(f"likelihood must be one of {', '.join(HEADS)}; got {name!r}")
     if num_levels is None:
         if name != "gaussian_mixture":
-            raise ValueError(
+            raise ConfigurationError(
                 f"continuous data (num_levels=None) needs likelihood 'gaussian_mixture', not {name!r}"
             )
         return GaussianMixtureLikelihood(num_mixtures)
     if name == "gaussian_mixture":
-        raise ValueError(
+        raise ConfigurationError(
             f"likelihood 'gaussian_mixture' is a density for continuous data; "
             f"this data has {num_levels} levels "
             "(use 'categorical' or 'logistic_mixture')"

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_gen.errors import ConfigurationError
+
 
 class MaskedLinear(nn.Linear):
     """A linear layer with fixed 0/1 connectivity masks, one per ordering; ``mask_index`` picks one."""
@@ -28,7 +30,7 @@ class MaskedLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, masks: Tensor) -> None:
         super().__init__(in_features, out_features)
         if masks.shape[1:] != (out_features, in_features):
-            raise ValueError(
+            raise ConfigurationError(
                 f"masks must be (num_masks, {out_features}, {in_features}), got {tuple(masks.shape)}"
             )
         self.register_buffer("masks", masks.to(self.weight.dtype))
@@ -104,9 +106,9 @@ class MADENet(nn.Module):
     ) -> None:
         super().__init__()
         if num_masks < 1:
-            raise ValueError(f"num_masks must be >= 1, got {num_masks}")
+            raise ConfigurationError(f"num_masks must be >= 1, got {num_masks}")
         if not hidden_sizes:
-            raise ValueError("MADE needs at least one hidden layer")
+            raise ConfigurationError("MADE needs at least one hidden layer")
         self.num_dims, self.params_per_dim, self.num_masks = num_dims, params_per_dim, num_masks
         generator = torch.Generator().manual_seed(seed)
         orders = (

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_gen.core import seeds
+from lit_gen.core.levels import to_signed
 from lit_gen.core.likelihood import NLL
 from lit_gen.core.seeds import RandomSource
-from lit_gen.errors import check_sizes
+from lit_gen.errors import ConfigurationError, check_sizes
 from lit_gen.models.autoregressive.heads import build_head
 from lit_gen.models.autoregressive.made import MADENet
 from lit_gen.models.autoregressive.pixelcnn import GatedPixelCNNNet
@@ -51,14 +52,10 @@ class AutoregressiveModule(GenerativeModule):
 
     def network_input(self, x: Tensor) -> Tensor:
         """Data in [0, 1] as the networks see it: centred on zero, in [-1, 1], in the weights' dtype."""
-        return (2.0 * x - 1.0).to(self.dtype)
+        return to_signed(x).to(self.dtype)
 
     def check_labels(self, labels: Tensor | None) -> Tensor | None:
-        if not self.conditional:
-            return None
-        if labels is None:
-            raise ValueError(f"a conditional {type(self).__name__} needs labels")
-        return labels.long()
+        return self.model_labels(labels)
 
     def sampling_labels(self, labels: Tensor | None, num_samples: int) -> Tensor | None:
         if not self.conditional:
@@ -224,7 +221,7 @@ class GatedPixelCNN(AutoregressiveModule):
 
     def check_data(self) -> None:
         if len(self.data_shape) != 3 or self.num_levels is None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"GatedPixelCNN needs discrete images (C, H, W) with num_levels; got shape "
                 f"{self.data_shape}, num_levels={self.num_levels} (use MADE for flat/continuous data)"
             )

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_gen.errors import ConfigurationError
+
 
 def channel_groups(num_channels: int, num_groups: int) -> Tensor:
     """Group id of each of ``num_channels`` channels split into ``num_groups`` contiguous groups."""
@@ -159,15 +161,15 @@ class GatedPixelCNNNet(nn.Module):
         super().__init__()
         c = image_channels
         if channels % c or head_channels % c:
-            raise ValueError(
+            raise ConfigurationError(
                 f"channels ({channels}) and head_channels ({head_channels}) must be multiples of the "
                 f"image channels ({c}): one channel group per colour"
             )
         if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+            raise ConfigurationError(f"num_layers must be >= 1, got {num_layers}")
         for k in (kernel_size, kernel_size_rest):
             if k < 1 or k % 2 == 0:
-                raise ValueError(f"kernel sizes must be odd and positive, got {k}")
+                raise ConfigurationError(f"kernel sizes must be odd and positive, got {k}")
         self.image_channels, self.params_per_dim = c, params_per_dim
         # Input groups: the ones-channel (-1, visible to all), then colour c in group c.
         input_groups = torch.cat([torch.tensor([-1]), torch.arange(c)])

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.special import log_ndtr
 
 from lit_gen.core.seeds import ExampleGenerators, RandomSource
+from lit_gen.errors import ConfigurationError
 from lit_gen.models.diffusion.samplers import Denoiser
 from lit_gen.models.diffusion.schedule import ModelVariance, NoiseSchedule
 
@@ -100,7 +101,7 @@ def stratified_timesteps(num_timesteps: int, num_terms: int, generator: RandomSo
         every = torch.arange(num_timesteps, device=device)
         return every, torch.ones(num_timesteps, dtype=torch.float64, device=device)
     if num_terms < 2:
-        raise ValueError(f"a stratified VLB estimate needs >= 2 terms (decoder + diffusion), got {num_terms}")
+        raise ConfigurationError(f"a stratified VLB estimate needs >= 2 terms (decoder + diffusion), got {num_terms}")
     edges = torch.linspace(1, num_timesteps, num_terms, dtype=torch.float64).round().long()
     sizes = edges[1:] - edges[:-1]
     if isinstance(generator, ExampleGenerators):

@@ -11,7 +11,7 @@ target (``eps``, ``v`` or ``x0``) at ``x_t``:
 constant prior term). The likelihood reported by ``nll`` is that bound on the discrete data's NLL with every
 term (``likelihood_kind = "bound"``).
 
-The backbone (a :class:`~lit_gen.models.diffusion.unet.UNet` by default) is built by the module from
+The backbone (a :class:`~lit_gen.nn.unet.UNet` by default) is built by the module from
 ``backbone(data_shape, num_classes)``, so YAML swaps it by ``class_path`` while the data's shape and classes
 still come from the datamodule link. Conditional models drop labels with probability ``label_dropout``
 during training (the "no label" class), which enables classifier-free guidance at sampling time
@@ -28,16 +28,16 @@ import torch
 from torch import Tensor, nn
 
 from lit_gen.core import seeds
-from lit_gen.core.levels import quantize
+from lit_gen.core.levels import from_signed, to_signed
 from lit_gen.core.likelihood import NLL
 from lit_gen.core.runtime import qualified_name
 from lit_gen.core.seeds import RandomSource
-from lit_gen.errors import check_sizes
+from lit_gen.errors import ConfigurationError, check_sizes
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.diffusion.likelihood import VLBTerms, stratified_timesteps, variational_bound, vlb_term
 from lit_gen.models.diffusion.samplers import SAMPLERS, Denoiser
 from lit_gen.models.diffusion.schedule import NoiseSchedule
-from lit_gen.models.diffusion.unet import UNet
+from lit_gen.nn.unet import UNet
 
 #: Builds the denoising network from the data's shape and the number of classes (None: unconditional).
 BackboneFactory = Callable[[tuple[int, ...], int | None], nn.Module]
@@ -108,15 +108,15 @@ class Diffusion(GenerativeModule):
         if "backbone" in self.hparams:
             self.hparams["backbone"] = describe_factory(self.hparams["backbone"])
         if prediction not in ("eps", "v", "x0"):
-            raise ValueError(f"prediction must be 'eps', 'v' or 'x0', got {prediction!r}")
+            raise ConfigurationError(f"prediction must be 'eps', 'v' or 'x0', got {prediction!r}")
         if val_vlb not in ("full", "subset", "skip"):
-            raise ValueError(f"val_vlb must be 'full', 'subset' or 'skip', got {val_vlb!r}")
+            raise ConfigurationError(f"val_vlb must be 'full', 'subset' or 'skip', got {val_vlb!r}")
         if not 0.0 <= label_dropout < 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+            raise ConfigurationError(f"label_dropout must be in [0, 1), got {label_dropout}")
         if vlb_weight > 0 and self.num_levels is None:
-            raise ValueError("vlb_weight > 0 needs discrete data (num_levels): the decoder is discrete")
+            raise ConfigurationError("vlb_weight > 0 needs discrete data (num_levels): the decoder is discrete")
         if model_variance not in ("small", "large"):
-            raise ValueError(f"model_variance must be 'small' or 'large', got {model_variance!r}")
+            raise ConfigurationError(f"model_variance must be 'small' or 'large', got {model_variance!r}")
         check_sizes(type(self).__name__, 2, num_timesteps=num_timesteps, val_vlb_terms=val_vlb_terms)
         check_sizes(type(self).__name__, vlb_batch_size=vlb_batch_size)
         self.schedule = NoiseSchedule.from_name(schedule, num_timesteps, cosine_offset)
@@ -141,13 +141,12 @@ class Diffusion(GenerativeModule):
 
     def _labels_for(self, labels: Tensor | None, batch: int) -> Tensor | None:
         """Labels for a batch of ``batch`` images, repeating them when the batch holds several copies."""
-        if not self.conditional:
-            return None
+        labels = self.model_labels(labels)
         if labels is None:
-            raise ValueError("a conditional diffusion model needs labels")
+            return None
         if batch % labels.shape[0]:
             raise ValueError(f"{labels.shape[0]} labels do not tile a batch of {batch}")
-        return labels.long().repeat(batch // labels.shape[0])
+        return labels.repeat(batch // labels.shape[0])
 
     def denoiser(self, labels: Tensor | None = None, guidance_scale: float = 1.0) -> Denoiser:
         """The sampler-facing ``(x_t, t) -> (x0_hat, eps_hat)`` of this model, with guidance and clipping.
@@ -180,7 +179,7 @@ class Diffusion(GenerativeModule):
     # ------------------------------------------------------------------ protocol
     def loss(self, x: Tensor, labels: Tensor | None = None,
              generator: RandomSource = None) -> dict[str, Tensor]:
-        x0 = 2.0 * x - 1.0
+        x0 = to_signed(x)
         batch = x0.shape[0]
         t = seeds.randint(0, self.num_timesteps, (batch,), device=x0.device, generator=generator)
         noise = seeds.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -208,11 +207,11 @@ class Diffusion(GenerativeModule):
         """The bound's parts for data ``x`` in [0, 1]: every term, or a stratified estimate from
         ``num_terms`` terms (each example its own timesteps with per-example generators)."""
         if self.num_levels is None:
-            raise ValueError("the diffusion bound is on discrete data; this datamodule is continuous")
+            raise ConfigurationError("the diffusion bound is on discrete data; this datamodule is continuous")
         timesteps = weights = None
         if num_terms is not None and num_terms < self.num_timesteps:
             timesteps, weights = stratified_timesteps(self.num_timesteps, num_terms, generator, x.device)
-        return variational_bound(self.denoiser(labels), self.schedule, 2.0 * x - 1.0, self.num_levels,
+        return variational_bound(self.denoiser(labels), self.schedule, to_signed(x), self.num_levels,
                                  timesteps=timesteps, weights=weights, batch_size=self.vlb_batch_size,
                                  variance=self.model_variance, generator=generator)
 
@@ -235,26 +234,26 @@ class Diffusion(GenerativeModule):
             return super().validation_step(batch, batch_idx)
         x, labels = self.split_batch(batch)
         source = self.evaluation_generators("val", batch_idx, x.shape[0])
-        self._log_loss("val", self.loss(x, labels, generator=source), x.shape[0])
+        self.log_loss("val", self.loss(x, labels, generator=source), x.shape[0])
         if self.val_vlb == "subset" and self.num_levels is not None:
             estimate = self.vlb(x, labels, num_terms=self.val_vlb_terms, generator=source).total
-            self._log_nll("val", "vlb_subset", estimate)
+            self.log_nll("val", "vlb_subset", estimate, "estimate")
 
     def sampler_options(self, sampler: str = "ddim", steps: int | None = None, eta: float = 0.0,
                         guidance_scale: float = 1.0) -> dict[str, Any]:
         """Check ``sample``'s knobs (also those of ``sample_kwargs`` at construction, so a bad value is a
         configuration error) and return the sampler function's keyword arguments."""
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+            raise ConfigurationError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
         if guidance_scale != 1.0 and not self.conditional:
-            raise ValueError("guidance_scale needs a conditional model (conditional: true)")
+            raise ConfigurationError("guidance_scale needs a conditional model (conditional: true)")
         if sampler == "ddpm":
             if steps not in (None, self.num_timesteps) or eta != 0.0:
-                raise ValueError(f"the ddpm sampler runs all {self.num_timesteps} steps without eta; "
+                raise ConfigurationError(f"the ddpm sampler runs all {self.num_timesteps} steps without eta; "
                                  "use sampler: ddim for fewer steps or eta")
             return {"variance": self.model_variance}
         if (steps is not None and steps < 1) or eta < 0:
-            raise ValueError(f"DDIM needs steps >= 1 and eta >= 0, got steps={steps}, eta={eta}")
+            raise ConfigurationError(f"DDIM needs steps >= 1 and eta >= 0, got steps={steps}, eta={eta}")
         return {"steps": min(50 if steps is None else steps, self.num_timesteps), "eta": eta}
 
     @torch.no_grad()
@@ -284,8 +283,8 @@ class Diffusion(GenerativeModule):
         noise = seeds.randn((num_samples, *self.data_shape), generator=generator, device=self.device)
         x0 = SAMPLERS[sampler](self.denoiser(labels, guidance_scale), self.schedule, noise,
                                generator=generator, **options)
-        x = (x0.float().clamp(-1.0, 1.0) + 1.0) / 2.0
-        return x if self.num_levels is None else quantize(x, self.num_levels)
+        x = from_signed(x0.float().clamp(-1.0, 1.0))
+        return self.snap_to_levels(x)
 
 
 __all__ = ["BackboneFactory", "Diffusion", "describe_factory"]

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lit_gen.core import seeds
 from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import ConfigurationError
 from lit_gen.models.diffusion.schedule import ModelVariance, NoiseSchedule
 
 Denoiser = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -42,7 +43,7 @@ def ddpm_sample(denoiser: Denoiser, schedule: NoiseSchedule, noise: Tensor, *,
 def ddim_timesteps(num_timesteps: int, steps: int) -> list[int]:
     """``steps`` timesteps spread evenly over [0, T-1], both ends included (all of them when steps = T)."""
     if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"DDIM steps must be in [1, {num_timesteps}], got {steps}")
+        raise ConfigurationError(f"DDIM steps must be in [1, {num_timesteps}], got {steps}")
     if steps == 1:
         return [num_timesteps - 1]
     return torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long().tolist()
@@ -58,7 +59,7 @@ def ddim_sample(denoiser: Denoiser, schedule: NoiseSchedule, noise: Tensor, *, s
                 eta: float = 0.0, generator: RandomSource = None) -> Tensor:
     """DDIM (Song et al. 2021) on ``steps`` timesteps; ``eta = 0`` is deterministic given the noise."""
     if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+        raise ConfigurationError(f"eta must be >= 0, got {eta}")
     timesteps = ddim_timesteps(schedule.num_timesteps, steps)
     x = noise
     for i in reversed(range(len(timesteps))):

@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lit_gen.errors import ConfigurationError
+
 ScheduleName = Literal["linear", "cosine"]
 Prediction = Literal["eps", "v", "x0"]
 ModelVariance = Literal["small", "large"]
@@ -48,7 +50,7 @@ class NoiseSchedule(nn.Module):
         super().__init__()
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.dim() != 1 or len(betas) < 2 or not ((betas > 0) & (betas < 1)).all():
-            raise ValueError("betas must be a 1-D tensor of at least 2 values in (0, 1)")
+            raise ConfigurationError("betas must be a 1-D tensor of at least 2 values in (0, 1)")
         abar = torch.cumprod(1 - betas, dim=0)
         abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
         posterior_variance = betas * (1 - abar_prev) / (1 - abar)
@@ -74,12 +76,12 @@ class NoiseSchedule(nn.Module):
     def from_name(cls, name: ScheduleName, num_timesteps: int = 1000,
                   cosine_offset: float = 0.008) -> NoiseSchedule:
         if num_timesteps < 2:
-            raise ValueError(f"num_timesteps must be >= 2, got {num_timesteps}")
+            raise ConfigurationError(f"num_timesteps must be >= 2, got {num_timesteps}")
         if name == "linear":
             return cls(linear_betas(num_timesteps))
         if name == "cosine":
             return cls(cosine_betas(num_timesteps, cosine_offset))
-        raise ValueError(f"schedule must be 'linear' or 'cosine', got {name!r}")
+        raise ConfigurationError(f"schedule must be 'linear' or 'cosine', got {name!r}")
 
     @property
     def num_timesteps(self) -> int:
@@ -123,7 +125,7 @@ class NoiseSchedule(nn.Module):
             return self._at(self.posterior_log_variance, t, like).expand_as(like)
         if variance == "large":
             return self._at(self.beta_log_variance, t, like).expand_as(like)
-        raise ValueError(f"model variance must be 'small' or 'large', got {variance!r}")
+        raise ConfigurationError(f"model variance must be 'small' or 'large', got {variance!r}")
 
     # ------------------------------------------------------------------ parameterizations
     def x0_from_eps(self, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
@@ -154,7 +156,7 @@ class NoiseSchedule(nn.Module):
             return x0
         if prediction == "v":
             return self.v_from_x0_eps(x0, eps, t)
-        raise ValueError(f"prediction must be 'eps', 'v' or 'x0', got {prediction!r}")
+        raise ConfigurationError(f"prediction must be 'eps', 'v' or 'x0', got {prediction!r}")
 
     def x0_and_eps(self, prediction: Prediction, output: Tensor, xt: Tensor,
                    t: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,4 +167,4 @@ class NoiseSchedule(nn.Module):
             return output, self.eps_from_x0(xt, t, output)
         if prediction == "v":
             return self.x0_from_v(xt, t, output), self.eps_from_v(xt, t, output)
-        raise ValueError(f"prediction must be 'eps', 'v' or 'x0', got {prediction!r}")
+        raise ConfigurationError(f"prediction must be 'eps', 'v' or 'x0', got {prediction!r}")

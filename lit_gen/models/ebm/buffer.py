@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lit_gen.core import seeds
 from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import ConfigurationError
 
 NoiseFn = Callable[[int, RandomSource], Tensor]
 
@@ -35,9 +36,9 @@ class ReplayBuffer:
     def __init__(self, capacity: int, noise: NoiseFn, reinit_rate: float = 0.05,
                  generator: torch.Generator | None = None) -> None:
         if capacity < 1:
-            raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
+            raise ConfigurationError(f"buffer capacity must be >= 1, got {capacity}")
         if not 0.0 <= reinit_rate <= 1.0:
-            raise ValueError(f"reinit_rate must be in [0, 1], got {reinit_rate}")
+            raise ConfigurationError(f"reinit_rate must be in [0, 1], got {reinit_rate}")
         self.noise = noise
         self.reinit_rate = reinit_rate
         self.samples = noise(capacity, generator)
@@ -74,6 +75,6 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         samples = state["samples"]
         if samples.shape[1:] != self.samples.shape[1:]:
-            raise ValueError(f"replay buffer states of shape {tuple(samples.shape[1:])} do not fit "
+            raise ConfigurationError(f"replay buffer states of shape {tuple(samples.shape[1:])} do not fit "
                              f"{tuple(self.samples.shape[1:])}")
         self.samples = samples.to(self.device, self.samples.dtype).clone()

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from lit_gen.core import seeds
 from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import ConfigurationError
 
 EnergyFn = Callable[[Tensor], Tensor]
 
@@ -64,7 +65,7 @@ def langevin_sample(
             :class:`~lit_gen.core.seeds.ExampleGenerators`).
     """
     if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+        raise ConfigurationError(f"steps must be >= 0, got {steps}")
     x = x.detach()
     for _ in range(steps):
         _, grad = energy_and_grad(energy_fn, x)

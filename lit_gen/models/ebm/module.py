@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 
 from lit_gen.core import seeds
-from lit_gen.core.levels import quantize
+from lit_gen.core.levels import to_signed
 from lit_gen.core.runtime import gather_from_ranks
 from lit_gen.core.seeds import RandomSource
-from lit_gen.errors import LitGenError, check_sizes
+from lit_gen.errors import ConfigurationError, check_sizes
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.ebm.buffer import ReplayBuffer
 from lit_gen.models.ebm.langevin import langevin_sample
@@ -81,21 +81,20 @@ class EBM(GenerativeModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if self.conditional:
-            raise LitGenError("EBM is unconditional (conditional: false)")
+        self.check_unconditional()
         if sample_init not in ("noise", "buffer"):
-            raise ValueError(f"sample_init must be 'noise' or 'buffer', got {sample_init!r}")
+            raise ConfigurationError(f"sample_init must be 'noise' or 'buffer', got {sample_init!r}")
         check_sizes(type(self).__name__, channels=channels, depth=depth, langevin_steps=langevin_steps,
                     buffer_size=buffer_size)
         check_sizes(type(self).__name__, 0, sample_steps=sample_steps, val_langevin_steps=val_langevin_steps)
         if step_size <= 0:
-            raise ValueError(f"step_size must be > 0, got {step_size}")
+            raise ConfigurationError(f"step_size must be > 0, got {step_size}")
         if architecture == "conv":
             self.energy_net = ConvEnergy(self.data_shape, channels, depth)
         elif architecture == "mlp":
             self.energy_net = MLPEnergy(self.data_shape, channels, depth + 1)
         else:
-            raise ValueError(f"architecture must be 'conv' or 'mlp', got {architecture!r}")
+            raise ConfigurationError(f"architecture must be 'conv' or 'mlp', got {architecture!r}")
         self.langevin_steps = langevin_steps
         self.step_size = step_size
         self.noise_std = noise_std
@@ -144,7 +143,7 @@ class EBM(GenerativeModule):
              generator: RandomSource = None) -> dict[str, Tensor]:
         """The contrastive-divergence objective; at validation with ``val_langevin_steps`` steps from
         buffer states, without writing back (so validation never changes training)."""
-        positive = 2.0 * x - 1.0
+        positive = to_signed(x)
         if self.training and self.data_noise > 0:
             positive = positive + self.data_noise * torch.randn_like(positive)
         steps = self.langevin_steps if self.training else self.val_langevin_steps
@@ -170,10 +169,10 @@ class EBM(GenerativeModule):
                 self.buffer.to(self.device)
             x = self.buffer.draw(num_samples, generator, reinit=False).samples
         else:
-            raise ValueError(f"init must be 'noise' or 'buffer', got {init!r}")
+            raise ConfigurationError(f"init must be 'noise' or 'buffer', got {init!r}")
         x = (self.run_sampler(x, steps, generator) - LOW) / (HIGH - LOW)
         x = x.clamp(0.0, 1.0)
-        return x if self.num_levels is None else quantize(x, self.num_levels)
+        return self.snap_to_levels(x)
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from itertools import pairwise
 
 from torch import Tensor, nn
 
+from lit_gen.errors import ConfigurationError
 from lit_gen.nn.blocks import downsampled_sizes
 
 
@@ -24,9 +25,9 @@ class ConvEnergy(nn.Module):
     def __init__(self, data_shape: tuple[int, ...], channels: int = 32, depth: int = 1) -> None:
         super().__init__()
         if len(data_shape) != 3:
-            raise ValueError(f"ConvEnergy needs image data (C, H, W), got shape {tuple(data_shape)}")
+            raise ConfigurationError(f"ConvEnergy needs image data (C, H, W), got shape {tuple(data_shape)}")
         if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
+            raise ConfigurationError(f"depth must be >= 1, got {depth}")
         sizes = downsampled_sizes((data_shape[1], data_shape[2]))
         widths = [channels * min(2**i, 8) for i in range(len(sizes))]
         layers: list[nn.Module] = [nn.Conv2d(data_shape[0], widths[0], 3, padding=1), nn.SiLU()]

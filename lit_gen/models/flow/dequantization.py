@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_gen.core import seeds
+from lit_gen.core.levels import to_signed
 from lit_gen.core.seeds import RandomSource
+from lit_gen.errors import ConfigurationError
 from lit_gen.models.flow.glow import GlowCouplingNet
 from lit_gen.models.flow.transforms import (
     AffineCoupling,
@@ -50,7 +52,7 @@ class VariationalDequantizer(nn.Module):
                  num_couplings: int = 2) -> None:
         super().__init__()
         if len(data_shape) != 3 or data_shape[1] % 2 or data_shape[2] % 2:
-            raise ValueError(f"variational dequantization needs images (C, H, W) with even H and W, "
+            raise ConfigurationError(f"variational dequantization needs images (C, H, W) with even H and W, "
                              f"got {data_shape}")
         channels = 4 * data_shape[0]
         self.squeeze = Squeeze()
@@ -68,7 +70,7 @@ class VariationalDequantizer(nn.Module):
 
     def noise_to_logits(self, eps: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(v, log|det dv/deps|)``: the noise flow given the image x in [0, 1] (seen in [-1, 1])."""
-        context = self.encoder(self.squeeze(2.0 * x - 1.0)[0])
+        context = self.encoder(self.squeeze(to_signed(x))[0])
         v, logabsdet = self.flow(self.squeeze(eps)[0], context)
         return self.squeeze.inverse(v)[0], logabsdet
 

@@ -10,6 +10,7 @@ from typing import Literal
 
 from torch import nn
 
+from lit_gen.errors import ConfigurationError
 from lit_gen.models.flow.transforms import (
     ActNorm,
     AffineCoupling,
@@ -50,13 +51,13 @@ def glow_step(channels: int, hidden_channels: int, scale_fn: ScaleFn = "sigmoid"
 def check_scales(data_shape: tuple[int, ...], num_scales: int, num_squeezes: int) -> None:
     """Clear errors for shapes a multi-scale flow cannot take (each squeeze halves height and width)."""
     if len(data_shape) != 3:
-        raise ValueError(f"multi-scale flows need image data (C, H, W), got shape {tuple(data_shape)}")
+        raise ConfigurationError(f"multi-scale flows need image data (C, H, W), got shape {tuple(data_shape)}")
     if num_scales < 1:
-        raise ValueError(f"num_scales must be >= 1, got {num_scales}")
+        raise ConfigurationError(f"num_scales must be >= 1, got {num_scales}")
     _, height, width = data_shape
     factor = 2**num_squeezes
     if height % factor or width % factor:
-        raise ValueError(f"num_scales={num_scales} squeezes {num_squeezes} times: height and width must be "
+        raise ConfigurationError(f"num_scales={num_scales} squeezes {num_squeezes} times: height and width must be "
                          f"divisible by {factor}, got {height}x{width}")
 
 
@@ -66,7 +67,7 @@ def build_glow(data_shape: tuple[int, ...], num_scales: int = 2, steps_per_scale
     """The Glow transform for images of ``data_shape``: ``(B, C, H, W)`` to a latent of the same shape."""
     check_scales(data_shape, num_scales, num_squeezes=num_scales)
     if coupling not in ("affine", "additive"):
-        raise ValueError(f"coupling must be 'affine' or 'additive', got {coupling!r}")
+        raise ConfigurationError(f"coupling must be 'affine' or 'additive', got {coupling!r}")
     scale_fn: ScaleFn = "sigmoid" if coupling == "affine" else "additive"
     c, h, w = data_shape
     levels, shapes, splits = [], [], []

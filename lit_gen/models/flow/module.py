@@ -25,13 +25,16 @@ from lit_gen.core import seeds
 from lit_gen.core.levels import dequantize, from_levels
 from lit_gen.core.likelihood import NLL, discrete_nll_from_density
 from lit_gen.core.seeds import RandomSource
-from lit_gen.errors import LitGenError, check_sizes
+from lit_gen.errors import ConfigurationError, LitGenError, check_sizes
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.flow.dequantization import VariationalDequantizer
 from lit_gen.models.flow.glow import build_glow
-from lit_gen.models.flow.priors import PriorName, build_prior
 from lit_gen.models.flow.realnvp import build_realnvp
 from lit_gen.models.flow.transforms import CompositeTransform, Logit, ScalarAffine, Transform
+from lit_gen.nn.priors import DiagonalGaussian, GaussianMixture, StandardNormal
+
+PriorName = Literal["standard", "gaussian", "mixture"]
+PRIORS = {"standard": StandardNormal, "gaussian": DiagonalGaussian, "mixture": GaussianMixture}
 
 MAX_REDRAWS = 10  # rounds of redrawing latents whose inverse overflowed (see NormalizingFlow.sample)
 
@@ -46,7 +49,7 @@ def build_preprocessing(name: str, logit_alpha: float) -> Transform:
         return ScalarAffine(1.0, -0.5)
     if name == "none":
         return CompositeTransform([])
-    raise ValueError(f"preprocessing must be 'logit', 'centered' or 'none', got {name!r}")
+    raise ConfigurationError(f"preprocessing must be 'logit', 'centered' or 'none', got {name!r}")
 
 
 class NormalizingFlow(GenerativeModule):
@@ -82,22 +85,25 @@ class NormalizingFlow(GenerativeModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if self.conditional:
-            raise ValueError(f"{type(self).__name__} is unconditional (conditional=True is not supported)")
+        self.check_unconditional()
         check_sizes(type(self).__name__, dequantizer_channels=dequantizer_channels,
                     prior_components=prior_components)
         check_sizes(type(self).__name__, 0, dequantizer_couplings=dequantizer_couplings)  # 0: per-pixel q
         self.preprocess = build_preprocessing(preprocessing, logit_alpha)
-        self.prior = build_prior(prior, self.num_dims, prior_components)
+        if prior not in PRIORS:
+            raise ConfigurationError(f"prior must be 'standard', 'gaussian' or 'mixture', got {prior!r}")
+        # Mixture means start at half the spread of N(0, I): the latent's components start closer together.
+        self.prior = (GaussianMixture(self.num_dims, prior_components, init_spread=0.5) if prior == "mixture"
+                      else PRIORS[prior](self.num_dims))
         self.dequantizer: VariationalDequantizer | None = None
         if dequantization == "variational":
             if self.num_levels is None or len(self.data_shape) != 3:
-                raise ValueError("variational dequantization needs discrete images (num_levels, (C, H, W))")
+                raise ConfigurationError("variational dequantization needs discrete images (num_levels, (C, H, W))")
             self.dequantizer = VariationalDequantizer(self.data_shape, dequantizer_channels,
                                                       dequantizer_couplings)
             self.likelihood_kind = "bound"  # the instance's kind follows its dequantization
         elif dequantization != "uniform":
-            raise ValueError(f"dequantization must be 'uniform' or 'variational', got {dequantization!r}")
+            raise ConfigurationError(f"dequantization must be 'uniform' or 'variational', got {dequantization!r}")
         self.flow: Transform = CompositeTransform([])
 
     # ------------------------------------------------------------------ pieces

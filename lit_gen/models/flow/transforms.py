@@ -22,6 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_gen.errors import ConfigurationError
+
 #: Builds a coupling's network: ``net_factory(in_channels, out_channels) -> nn.Module``.
 NetFactory = Callable[[int, int], nn.Module]
 Shape = tuple[int, ...]
@@ -75,7 +77,7 @@ class ScalarAffine(Transform):
     def __init__(self, scale: float = 1.0, shift: float = 0.0) -> None:
         super().__init__()
         if scale == 0:
-            raise ValueError("ScalarAffine needs a nonzero scale")
+            raise ConfigurationError("ScalarAffine needs a nonzero scale")
         self.scale, self.shift = float(scale), float(shift)
 
     def _logabsdet(self, x: Tensor) -> Tensor:
@@ -98,7 +100,7 @@ class Logit(Transform):
     def __init__(self, alpha: float = 0.05) -> None:
         super().__init__()
         if not 0.0 < alpha < 0.5:
-            raise ValueError(f"logit alpha must be in (0, 0.5), got {alpha}")
+            raise ConfigurationError(f"logit alpha must be in (0, 0.5), got {alpha}")
         self.alpha = float(alpha)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -239,11 +241,11 @@ class AffineCoupling(Transform):
                  scale_fn: ScaleFn = "sigmoid", context_channels: int = 0) -> None:
         super().__init__()
         if mask not in ("channel", "checkerboard"):
-            raise ValueError(f"mask must be 'channel' or 'checkerboard', got {mask!r}")
+            raise ConfigurationError(f"mask must be 'channel' or 'checkerboard', got {mask!r}")
         if scale_fn not in ("sigmoid", "exp_tanh", "additive"):
-            raise ValueError(f"scale_fn must be 'sigmoid', 'exp_tanh' or 'additive', got {scale_fn!r}")
+            raise ConfigurationError(f"scale_fn must be 'sigmoid', 'exp_tanh' or 'additive', got {scale_fn!r}")
         if mask == "channel" and num_channels < 2:
-            raise ValueError("a channel-mask coupling needs at least 2 channels (squeeze first)")
+            raise ConfigurationError("a channel-mask coupling needs at least 2 channels (squeeze first)")
         self.mask, self.parity, self.scale_fn = mask, parity % 2, scale_fn
         if mask == "channel":
             first = num_channels // 2 if self.parity == 0 else num_channels - num_channels // 2
@@ -307,7 +309,7 @@ class Squeeze(Transform):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         b, c, h, w = x.shape
         if h % 2 or w % 2:
-            raise ValueError(f"Squeeze needs even height and width, got {h}x{w}")
+            raise ConfigurationError(f"Squeeze needs even height and width, got {h}x{w}")
         x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
         return x.reshape(b, c * 4, h // 2, w // 2), x.new_zeros(b)
 
@@ -340,7 +342,7 @@ class Gaussianize(Transform):
 
     def _mean_log_sigma(self, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if context is None:
-            raise ValueError("Gaussianize needs the kept half as context")
+            raise ConfigurationError("Gaussianize needs the kept half as context")
         mean, log_sigma = at_least_float32(self.net(context)).chunk(2, dim=1)
         return mean, log_sigma
 
@@ -367,7 +369,7 @@ class MultiscaleFlow(Transform):
                  splits: Sequence[Transform | None]) -> None:
         super().__init__()
         if not (len(levels) == len(level_shapes) == len(splits) + 1):
-            raise ValueError("MultiscaleFlow needs one shape pair per level and one split between levels")
+            raise ConfigurationError("MultiscaleFlow needs one shape pair per level and one split between levels")
         self.levels = nn.ModuleList(levels)
         self.splits = nn.ModuleList([s if s is not None else CompositeTransform([]) for s in splits])
         self.level_shapes = [tuple(map(tuple, pair)) for pair in level_shapes]

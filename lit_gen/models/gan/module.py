@@ -27,9 +27,9 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
 from lit_gen.core import seeds
-from lit_gen.core.levels import quantize
+from lit_gen.core.levels import from_signed, to_signed
 from lit_gen.core.seeds import RandomSource
-from lit_gen.errors import LitGenError, check_sizes
+from lit_gen.errors import ConfigurationError, LitGenError, check_sizes
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.gan.losses import ADVERSARIAL_LOSSES, gradient_penalty, r1_penalty
 from lit_gen.models.gan.nets import build_networks
@@ -53,7 +53,7 @@ def truncated_normal(shape: tuple[int, ...], truncation: float | None, generator
     if truncation is None:
         return seeds.randn(shape, generator=generator, device=device)
     if truncation <= 0:
-        raise ValueError(f"truncation must be > 0 (or None for no truncation), got {truncation}")
+        raise ConfigurationError(f"truncation must be > 0 (or None for no truncation), got {truncation}")
     u = seeds.rand(shape, generator=generator, device=device, dtype=torch.float64)
     lower = 0.5 * math.erfc(truncation / math.sqrt(2.0))  # Phi(-truncation)
     p = lower + u * (1.0 - 2.0 * lower)
@@ -106,7 +106,7 @@ class GAN(GenerativeModule):
     ) -> None:
         super().__init__(**kwargs)
         if loss not in ADVERSARIAL_LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(ADVERSARIAL_LOSSES)}, got {loss!r}")
+            raise ConfigurationError(f"loss must be one of {', '.join(ADVERSARIAL_LOSSES)}, got {loss!r}")
         if gradient_clip_norm is not None and gradient_clip_norm <= 0:
             raise LitGenError(f"gradient_clip_norm must be > 0 or null, got {gradient_clip_norm}")
         self.gradient_clip_norm = gradient_clip_norm
@@ -114,7 +114,7 @@ class GAN(GenerativeModule):
                     discriminator_channels=discriminator_channels, n_critic=n_critic)
         for name, weight in (("gradient_penalty", gradient_penalty), ("r1_penalty", r1_penalty)):
             if weight < 0:
-                raise ValueError(f"{name} must be >= 0, got {weight}")
+                raise ConfigurationError(f"{name} must be >= 0, got {weight}")
         self.automatic_optimization = False
         self.latent_dim = latent_dim
         self.adversarial = ADVERSARIAL_LOSSES[loss]
@@ -132,11 +132,7 @@ class GAN(GenerativeModule):
 
     # ------------------------------------------------------------------ pieces
     def _labels(self, labels: Tensor | None) -> Tensor | None:
-        if not self.conditional:
-            return None
-        if labels is None:
-            raise ValueError("a conditional GAN needs labels")
-        return labels.long()
+        return self.model_labels(labels)
 
     def latent(self, num: int, truncation: float | None = None, generator: RandomSource = None) -> Tensor:
         return truncated_normal((num, self.latent_dim), truncation, generator, self.device)
@@ -153,7 +149,7 @@ class GAN(GenerativeModule):
     def discriminator_terms(self, x: Tensor, labels: Tensor | None = None, penalties: bool = True,
                             generator: RandomSource = None) -> dict[str, Tensor]:
         """Discriminator objective on a data batch x in [0, 1] and as many generated images."""
-        real = 2.0 * x - 1.0
+        real = to_signed(x)
         fake = self.generate(x.shape[0], labels, generator=generator).detach()
         real_scores, fake_scores = self.score(real, labels), self.score(fake, labels)
         adversarial = self.adversarial.discriminator(real_scores, fake_scores)
@@ -188,9 +184,9 @@ class GAN(GenerativeModule):
         """Images in [0, 1] (on the data's levels when discrete) from z truncated to +-``truncation``."""
         if labels is None:
             labels = self.default_labels(num_samples)
-        x = (self.generate(num_samples, labels, truncation, generator) + 1.0) / 2.0
+        x = from_signed(self.generate(num_samples, labels, truncation, generator))
         x = x.clamp(0.0, 1.0)
-        return x if self.num_levels is None else quantize(x, self.num_levels)
+        return self.snap_to_levels(x)
 
     # ------------------------------------------------------------ Lightning
     def setup(self, stage: str) -> None:
@@ -220,7 +216,7 @@ class GAN(GenerativeModule):
                 self.manual_backward(g_loss)
                 g_opt.step()
             logged["generator_loss"] = g_loss.detach()
-        self._log_train_terms(logged, x.shape[0])
+        self.log_train_terms(logged, x.shape[0])
         if self.lr_scheduler_interval == "step":
             self._step_schedulers()
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_gen.errors import ConfigurationError, require_labels
 from lit_gen.nn.blocks import downsampled_sizes
 
 
@@ -33,7 +34,7 @@ def stage_widths(num_sizes: int, channels: int) -> list[int]:
 
 def image_sizes(data_shape: tuple[int, ...]) -> list[tuple[int, int]]:
     if len(data_shape) != 3:
-        raise ValueError(f"GAN nets need image data (C, H, W), got shape {tuple(data_shape)}")
+        raise ConfigurationError(f"GAN nets need image data (C, H, W), got shape {tuple(data_shape)}")
     return downsampled_sizes((data_shape[1], data_shape[2]))
 
 
@@ -64,8 +65,7 @@ class ConditionalBatchNorm2d(nn.Module):
         h = self.norm(x)
         if not self.conditional:
             return h
-        if labels is None:
-            raise ValueError("a class-conditional generator needs labels")
+        require_labels("generator", labels)
         return h * self.gain(labels)[:, :, None, None] + self.bias(labels)[:, :, None, None]
 
 
@@ -83,8 +83,7 @@ class ProjectionHead(nn.Module):
         out = self.linear(phi).squeeze(1)
         if self.embed is None:
             return out
-        if labels is None:
-            raise ValueError("a projection discriminator needs labels")
+        require_labels("projection discriminator", labels)
         return out + (self.embed(labels) * phi).sum(1)
 
 
@@ -96,7 +95,7 @@ def upsampling_conv(in_ch: int, out_ch: int, size: tuple[int, int], target: tupl
     (the 4 -> 7 stage of 28x28 images). Four times cheaper than nearest upsampling + 3x3 conv.
     """
     if any(t not in (2 * n, 2 * n - 1) for n, t in zip(size, target)):
-        raise ValueError(f"cannot upsample {size} to {target} with one stride-2 stage")
+        raise ConfigurationError(f"cannot upsample {size} to {target} with one stride-2 stage")
     kernel = tuple(4 if t == 2 * n else 3 for n, t in zip(size, target))
     return nn.ConvTranspose2d(in_ch, out_ch, kernel, stride=2, padding=1)
 
@@ -234,7 +233,7 @@ def build_networks(architecture: str, data_shape: tuple[int, ...], latent_dim: i
         gen = ResNetGenerator(data_shape, latent_dim, generator_channels, num_classes)
         disc = ResNetDiscriminator(data_shape, discriminator_channels, num_classes)
     else:
-        raise ValueError(f"architecture must be 'dcgan' or 'resnet', got {architecture!r}")
+        raise ConfigurationError(f"architecture must be 'dcgan' or 'resnet', got {architecture!r}")
     if spectral_norm:
         apply_spectral_norm(disc)
     return gen, disc

@@ -1,6 +1,6 @@
 """The variational autoencoder (Kingma & Welling 2014) with an importance-weighted NLL (Burda et al. 2016).
 
-Objective (the seed's table): maximise the ELBO
+Objective: maximise the ELBO
     E_q(z|x)[log p(x|z)] - KL(q(z|x) || p(z)),
 with a discrete decoder p(x|z) in the data's own K levels, so the ELBO bounds the *discrete* NLL and
 needs no dequantization. Evaluation reports the IWAE estimate with k samples,
@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_gen.core import seeds
-from lit_gen.core.levels import quantize
+from lit_gen.core.levels import to_signed
 from lit_gen.core.likelihood import NLL
+from lit_gen.core.records import NATS
 from lit_gen.core.seeds import RandomSource
-from lit_gen.errors import check_sizes
+from lit_gen.errors import ConfigurationError, check_sizes
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.vae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from lit_gen.models.vae.priors import build_prior, diagonal_gaussian_log_prob
 from lit_gen.nn.distributions import build_likelihood
+from lit_gen.nn.priors import GaussianMixture, StandardNormal, diagonal_normal_log_prob
 
 
 class VAE(GenerativeModule):
@@ -49,6 +50,7 @@ class VAE(GenerativeModule):
 
     likelihood_kind = "estimate"
     sampling_knob = "temperature"
+    term_units = {"recon_nats": NATS, "kl_nats": NATS, "neg_elbo_nats": NATS}
 
     def __init__(
         self,
@@ -78,31 +80,31 @@ class VAE(GenerativeModule):
         self.val_iwae_samples = val_iwae_samples
         self.iwae_chunk = iwae_chunk
         self.likelihood = build_likelihood(likelihood, self.num_levels, num_mixtures)
-        self.prior = build_prior(prior, latent_dim, prior_components)
+        if prior not in ("gaussian", "mixture"):
+            raise ConfigurationError(f"prior must be 'gaussian' or 'mixture', got {prior!r}")
+        self.prior = StandardNormal(latent_dim) if prior == "gaussian" else GaussianMixture(latent_dim,
+                                                                                            prior_components)
         cond_dim = self.num_classes if self.conditional else 0
         params = self.likelihood.params_per_dim
         if architecture == "conv":
             if len(self.data_shape) != 3:
-                raise ValueError(f"architecture='conv' needs image data (C, H, W), got shape {self.data_shape}")
+                raise ConfigurationError(f"architecture='conv' needs image data (C, H, W), got shape {self.data_shape}")
             self.encoder = ConvEncoder(self.data_shape, latent_dim, channels, cond_dim)
             self.decoder = ConvDecoder(self.data_shape, latent_dim, params, channels, cond_dim)
         elif architecture == "mlp":
             self.encoder = MLPEncoder(self.data_shape, latent_dim, channels, cond_dim)
             self.decoder = MLPDecoder(self.data_shape, latent_dim, params, channels, cond_dim)
         else:
-            raise ValueError(f"architecture must be 'conv' or 'mlp', got {architecture!r}")
+            raise ConfigurationError(f"architecture must be 'conv' or 'mlp', got {architecture!r}")
 
     # ------------------------------------------------------------------ pieces
     def _condition(self, labels: Tensor | None) -> Tensor | None:
-        if not self.conditional:
-            return None
-        if labels is None:
-            raise ValueError("a conditional VAE needs labels")
-        return F.one_hot(labels.long(), self.num_classes).float()
+        labels = self.model_labels(labels)
+        return None if labels is None else F.one_hot(labels, self.num_classes).float()
 
     def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Parameters (mean, log-variance) of q(z|x); the encoder sees x scaled to [-1, 1]."""
-        return self.encoder(2.0 * x - 1.0, self._condition(labels))
+        return self.encoder(to_signed(x), self._condition(labels))
 
     def log_likelihood(self, x: Tensor, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """log p(x|z) per example, summed over dimensions (nats, float32)."""
@@ -123,7 +125,7 @@ class VAE(GenerativeModule):
         if self.prior.has_analytic_kl:
             kl = self.prior.kl(mean, log_var)
         else:
-            kl = diagonal_gaussian_log_prob(z, mean, log_var) - self.prior.log_prob(z)
+            kl = diagonal_normal_log_prob(z, mean, 0.5 * log_var) - self.prior.log_prob(z)
         return recon, kl
 
     def iwae_nll(self, x: Tensor, labels: Tensor | None = None, num_samples: int = 100,
@@ -146,7 +148,7 @@ class VAE(GenerativeModule):
             rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731
             log_px = self.log_likelihood(rep(x), flat_z, rep(labels)).view(k, -1)
             log_pz = self.prior.log_prob(flat_z).view(k, -1)
-            log_qz = diagonal_gaussian_log_prob(z, mean, log_var)
+            log_qz = diagonal_normal_log_prob(z, mean, 0.5 * log_var)
             log_weights.append(log_px + log_pz - log_qz)
         log_w = torch.cat(log_weights, dim=0).double()
         return -(torch.logsumexp(log_w, dim=0) - math.log(num_samples))
@@ -195,5 +197,5 @@ class VAE(GenerativeModule):
         elif decode == "sample":
             x = self.likelihood.sample(params, 1.0, generator)
         else:
-            raise ValueError(f"decode must be 'mean' or 'sample', got {decode!r}")
-        return x if self.num_levels is None else quantize(x, self.num_levels)
+            raise ConfigurationError(f"decode must be 'mean' or 'sample', got {decode!r}")
+        return self.snap_to_levels(x)

@@ -257,7 +257,7 @@ def test_the_subset_estimate_is_unbiased_for_the_full_bound():
 def test_hyperparameters_record_the_backbone_as_plain_data():
     model = Diffusion(data_shape=(1, 8, 8), num_levels=17, backbone=TINY)
     init_args = {"channels": 8, "channel_mults": (1, 2), "num_res_blocks": 1}
-    expected = {"class_path": "lit_gen.models.diffusion.unet.UNet", "init_args": init_args}
+    expected = {"class_path": "lit_gen.nn.unet.UNet", "init_args": init_args}
     assert model.hparams["backbone"] == expected
 
 

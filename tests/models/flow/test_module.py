@@ -12,8 +12,8 @@ from lit_gen.core.levels import dequantize, from_levels, to_levels
 from lit_gen.errors import LitGenError
 from lit_gen.models.flow import Glow, NormalizingFlow, RealNVP
 from lit_gen.models.flow.dequantization import VariationalDequantizer
-from lit_gen.models.flow.priors import DiagonalGaussian, GaussianMixture, StandardNormal
 from lit_gen.models.flow.transforms import ActNorm
+from lit_gen.nn.priors import DiagonalGaussian, GaussianMixture, StandardNormal
 from tests.models.flow.test_transforms import TransformChecks, randomize
 
 LOG_2PI = math.log(2 * math.pi)

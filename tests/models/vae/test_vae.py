@@ -64,21 +64,21 @@ def test_iwae_with_one_sample_equals_the_elbo_with_the_same_noise():
 
 
 def test_analytic_kl_is_the_expectation_of_the_sampled_kl():
-    from lit_gen.models.vae.priors import StandardNormalPrior, diagonal_gaussian_log_prob
+    from lit_gen.nn.priors import StandardNormal, diagonal_normal_log_prob
 
     torch.manual_seed(0)
-    prior = StandardNormalPrior(3)
+    prior = StandardNormal(3)
     mean, log_var = torch.randn(1, 3), torch.randn(1, 3) * 0.5
     z = mean + torch.exp(0.5 * log_var) * torch.randn(200000, 3)
-    sampled = (diagonal_gaussian_log_prob(z, mean, log_var) - prior.log_prob(z)).mean()
+    sampled = (diagonal_normal_log_prob(z, mean, 0.5 * log_var) - prior.log_prob(z)).mean()
     assert sampled.item() == pytest.approx(prior.kl(mean, log_var).item(), abs=0.01)
 
 
 def test_mixture_prior_is_a_normalised_density():
-    from lit_gen.models.vae.priors import MixturePrior
+    from lit_gen.nn.priors import GaussianMixture
 
     torch.manual_seed(0)
-    prior = MixturePrior(1, 3)
+    prior = GaussianMixture(1, 3)
     grid = torch.linspace(-12, 12, 20001).unsqueeze(1)
     mass = torch.trapezoid(prior.log_prob(grid).exp().detach(), grid.squeeze(1))
     assert mass.item() == pytest.approx(1.0, abs=1e-4)

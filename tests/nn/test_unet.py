@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_gen.models.diffusion.unet import SelfAttention2d, SinusoidalEmbedding, UNet
+from lit_gen.nn.unet import SelfAttention2d, SinusoidalEmbedding, UNet
 
 
 @pytest.mark.parametrize("shape,attention", [((1, 8, 8), (4,)), ((1, 28, 28), (7,)), ((3, 32, 32), (16, 8))])

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_gen.errors import check_sizes
+from lit_gen.errors import ConfigurationError, check_sizes, require_labels
 from lit_gen.nn.blocks import ResidualBlock, group_norm
 
 
@@ -26,7 +26,7 @@ class SinusoidalEmbedding(nn.Module):
     def __init__(self, dim: int, max_period: float = 10000.0) -> None:
         super().__init__()
         if dim % 2:
-            raise ValueError(f"sinusoidal embedding needs an even dimension, got {dim}")
+            raise ConfigurationError(f"sinusoidal embedding needs an even dimension, got {dim}")
         half = dim // 2
         self.register_buffer("frequencies", torch.exp(-math.log(max_period) * torch.arange(half) / half),
                              persistent=False)
@@ -43,7 +43,7 @@ class SelfAttention2d(nn.Module):
     def __init__(self, channels: int, num_heads: int = 1) -> None:
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"{channels} channels do not split into {num_heads} heads")
+            raise ConfigurationError(f"{channels} channels do not split into {num_heads} heads")
         self.num_heads = num_heads
         self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
@@ -119,9 +119,9 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(data_shape) != 3:
-            raise ValueError(f"UNet needs image data (C, H, W), got shape {tuple(data_shape)}")
+            raise ConfigurationError(f"UNet needs image data (C, H, W), got shape {tuple(data_shape)}")
         if not channel_mults or num_res_blocks < 1:
-            raise ValueError("UNet needs at least one level and one residual block per level")
+            raise ConfigurationError("UNet needs at least one level and one residual block per level")
         check_sizes("UNet", channels=channels, channel_mults=tuple(channel_mults), num_heads=num_heads)
         in_channels, height, width = (int(s) for s in data_shape)
         emb_dim = 4 * channels
@@ -142,7 +142,7 @@ class UNet(nn.Module):
             sides.append((sides[-1] + 1) // 2)
         unknown = sorted(set(attention_resolutions) - set(sides))
         if unknown:
-            raise ValueError(f"attention_resolutions {unknown} match no level of this UNet (sizes {sides})")
+            raise ConfigurationError(f"attention_resolutions {unknown} match no level of this UNet (sizes {sides})")
         skips, ch = [channels], channels
         for level, mult in enumerate(channel_mults):
             blocks = nn.ModuleList()
@@ -172,8 +172,7 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
         emb = self.time_embed(time)
         if self.class_embed is not None:
-            if labels is None:
-                raise ValueError("a class-conditional UNet needs labels (use num_classes for 'no label')")
+            require_labels("UNet", labels)  # classifier-free guidance's "no label" is the class num_classes
             emb = emb + self.class_embed(labels.long())
         h = self.conv_in(x)
         skips = [h]
