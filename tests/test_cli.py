@@ -55,7 +55,7 @@ def test_fit_writes_config_checkpoints_and_grids_then_test_writes_metrics(tmp_pa
                     "--ckpt_path=last", "--trainer.limit_test_batches=2",
                     "--evaluation.test_num_samples=12", "--evaluation.sample_batch_size=6"])
     assert code == 0
-    metrics_file = sorted((tmp_path / "vae").glob("version_*/metrics.json"))[-1]
+    metrics_file = sorted((tmp_path / "vae").glob("version_*/eval/*/metrics.json"))[-1]
     report = json.loads(metrics_file.read_text())
     metrics = report["metrics"]
     assert report["split"] == "test" and report["checkpoint"].endswith("last.ckpt")
@@ -185,7 +185,7 @@ def test_two_process_fit_and_test_with_sample_metrics(tmp_path):
                     *small_eval, "--ckpt_path=last", "--trainer.limit_test_batches=2",
                     "--evaluation.test_num_samples=10"])
     assert code == 0
-    report = json.loads(sorted((tmp_path / "ddp").glob("version_*/metrics.json"))[-1].read_text())
+    report = json.loads(sorted((tmp_path / "ddp").glob("version_*/eval/*/metrics.json"))[-1].read_text())
     assert report["metrics"]["fid"]["n_generated"] == 10
     assert report["metrics"]["nll"]["n"] == 2 * 2 * 64  # two batches on each of two ranks
 
@@ -198,14 +198,21 @@ def test_lightning_configuration_errors_are_one_line(capsys, tmp_path):
     assert "clipping" in error_line(capsys)
 
 
-def test_knob_sweep_writes_a_table_a_plot_and_a_grid_per_value(tmp_path):
+def test_knob_sweep_writes_a_table_a_plot_and_a_grid_per_value(tmp_path, capsys):
     """Each row of sweep.md holds the sample metrics of its own knob value: FID, precision and recall at
     temperature t equal those of a plain ``test`` with ``sample_kwargs: {temperature: t}``."""
     run = fit_tiny(tmp_path, "sweep")
     test = ["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "sweep"), *TINY_VAE,
             "--ckpt_path=last", "--trainer.limit_test_batches=1", "--evaluation.test_num_samples=12",
             "--evaluation.sample_batch_size=6", "--evaluation.grid_size=6", "--evaluation.precision_recall=true"]
+    capsys.readouterr()
     assert run_cli([*test, "--evaluation.sweep=[0.5, 1.0]"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep temperature=0.5 (1/2)" in out and "sweep temperature=1.0 (2/2)" in out  # progress
+    assert "temperature sweep (N = 12 generated" in out  # its table, printed
+    run = run / "eval" / "last"  # beside the checkpoint it evaluated
+    sweep = json.loads((run / "metrics.json").read_text())["sweep"]
+    assert sweep["knob"] == "temperature" and [row["temperature"] for row in sweep["rows"]] == [0.5, 1.0]
     table = (run / "sweep.md").read_text().splitlines()
     header = next(line for line in table if line.startswith("| temperature"))
     columns = [c.strip() for c in header.strip("|").split("|")]
@@ -218,7 +225,7 @@ def test_knob_sweep_writes_a_table_a_plot_and_a_grid_per_value(tmp_path):
     assert set(rows) == {"0.5", "1"}
     assert rows["0.5"]["fid"] != rows["1"]["fid"], "the two temperatures draw other samples"
     assert (run / "sweep.png").stat().st_size > 0
-    assert len(list((run / "samples").glob("sweep_temperature_*.png"))) == 2
+    assert len(list(run.glob("sweep_temperature_*.png"))) == 2
 
     # The sweep's test itself evaluated the config's sample_kwargs (temperature 1); then one at 0.5.
     from lit_gen.evaluation.report import format_value
@@ -238,7 +245,7 @@ def test_testing_a_checkpoint_twice_gives_the_same_metrics(tmp_path):
         assert run_cli(["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "again"), *TINY_VAE,
                         f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--trainer.limit_test_batches=2",
                         "--evaluation.test_num_samples=8", "--evaluation.sample_batch_size=4"]) == 0
-        newest = max((tmp_path / "again").glob("version_*/metrics.json"), key=lambda p: p.stat().st_mtime)
+        newest = max((tmp_path / "again").glob("version_*/eval/*/metrics.json"), key=lambda p: p.stat().st_mtime)
         metrics = json.loads(newest.read_text())["metrics"]
         reports.append({k: v["value"] for k, v in metrics.items() if k != "sample_sec_per_image"})  # a time
     assert reports[0] == reports[1]
@@ -267,10 +274,10 @@ def test_ckpt_path_best_evaluates_the_best_checkpoint_not_the_last(capsys, tmp_p
     test = ["test", "--config", QUICKSTART, *quiet_trainer_args(tmp_path, "best"), *TINY_VAE,
             "--trainer.limit_test_batches=1", "--evaluation.fid=false", "--evaluation.grid_size=0"]
     assert run_cli([*test, "--ckpt_path=best"]) == 0
-    report = json.loads((run / "metrics.json").read_text())
+    report = json.loads((run / "eval" / best.stem / "metrics.json").read_text())
     assert report["checkpoint"] == str(best)
     assert run_cli([*test, f"--ckpt_path={last}"]) == 0
-    assert json.loads((run / "metrics.json").read_text())["metrics"]["nll"]["value"] != \
+    assert json.loads((run / "eval" / "last" / "metrics.json").read_text())["metrics"]["nll"]["value"] != \
         report["metrics"]["nll"]["value"], "the best and the last checkpoint hold other weights"
 
     best.unlink()
@@ -287,7 +294,7 @@ def test_ckpt_path_best_without_a_best_checkpoint_is_an_error(capsys, tmp_path):
                     "--ckpt_path=best"])
     assert code == 1
     assert "recorded no best checkpoint" in error_line(capsys)
-    assert not (run / "metrics.json").exists()
+    assert not (run / "eval").exists()
 
 
 def test_lit_gen_debug_shows_the_traceback_instead_of_one_line(capsys, tmp_path, monkeypatch):

@@ -101,7 +101,7 @@ def test_validation_samples_and_test_use_the_averaged_weights(tmp_path, monkeypa
 
     drawn.clear()
     assert run_cli(["test", *args, "--ckpt_path=last", "--trainer.limit_test_batches=1"]) == 0
-    metrics = json.loads((last.parent.parent / "metrics.json").read_text())["metrics"]
+    metrics = json.loads((last.parent.parent / "eval" / "last" / "metrics.json").read_text())["metrics"]
     test_nll = {entry: split_nll(args, last, 1, weights=entry) for entry in ("state_dict", "current_model_state")}
     assert metrics["nll"]["value"] == pytest.approx(test_nll["state_dict"], rel=1e-6)
     assert test_nll["current_model_state"] != pytest.approx(test_nll["state_dict"], rel=1e-3)

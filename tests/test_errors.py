@@ -143,7 +143,7 @@ def test_ckpt_path_none_evaluates_the_untrained_model_on_purpose(capsys, tmp_pat
                     "--evaluation.test_num_samples=4", "--evaluation.sample_batch_size=4"])
     assert code == 0
     assert "test of the untrained model" in capsys.readouterr().err
-    report = json.loads(next((tmp_path / "untrained").glob("version_*/metrics.json")).read_text())
+    report = json.loads(next((tmp_path / "untrained").glob("version_*/eval/*/metrics.json")).read_text())
     assert report["checkpoint"] is None and report["metrics"]["nll"]["n"] == 64
 
 

@@ -44,7 +44,7 @@ def evaluate(tmp_path, base: list[str], name: str, accelerator: str) -> dict:
     assert run_cli(["test", *base, *quiet_trainer_args(tmp_path, name), f"--trainer.accelerator={accelerator}",
                     "--trainer.devices=1", *SMALL_EVAL, "--evaluation.test_num_samples=8",
                     "--trainer.limit_test_batches=2", f"--ckpt_path={checkpoint(tmp_path)}"]) == 0
-    return json.loads(sorted((tmp_path / name).glob("version_*/metrics.json"))[-1].read_text())["metrics"]
+    return json.loads(sorted((tmp_path / name).glob("version_*/eval/*/metrics.json"))[-1].read_text())["metrics"]
 
 
 def checkpoint(tmp_path):

@@ -317,7 +317,7 @@ def checkpoints(tmp_path_factory):
 def _test_metrics(base: list[str], ckpt: str, root, name: str, *args: str) -> dict:
     assert run_cli(["test", *base, *quiet_trainer_args(root, name), *SAMPLE_METRICS, f"--ckpt_path={ckpt}",
                     *args]) == 0
-    return json.loads(next(root.glob(f"{name}/version_*/metrics.json")).read_text())["metrics"]
+    return json.loads(next(root.glob(f"{name}/version_*/eval/*/metrics.json")).read_text())["metrics"]
 
 
 @pytest.mark.parametrize("family", list(FAMILY_ARGS))

@@ -231,7 +231,9 @@ def test_every_command_of_a_run_lives_in_its_directory_and_failures_leave_none(t
         assert run_cli([command, *common, "--ckpt_path=best"]) == 0, command
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["version_0"]
     assert (run / "config.yaml").read_text() == config
-    assert (run / "metrics.json").is_file() and (run / "predictions" / "samples.npz").is_file()
+    best = next((run / "checkpoints").glob("best-*.ckpt")).stem
+    assert (run / "eval" / best / "metrics.json").is_file()
+    assert (run / "predict" / best / "samples.npz").is_file()
 
     mnist = ["--config", str(ROOT / "configs" / "vae" / "mnist.yaml"), *quiet_trainer_args(tmp_path, "nodata"),
              f"--data.init_args.root={tmp_path / 'no-such-root'}"]

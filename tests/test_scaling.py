@@ -136,7 +136,7 @@ def test_one_and_two_processes_report_the_same_metrics(tmp_path):
     reports = {}
     for name, devices in (("one", []), ("two", DDP_CPU)):
         assert run_cli(["test", *base, *quiet_trainer_args(tmp_path, name), *evaluation, *devices]) == 0
-        reports[name] = json.loads(next((tmp_path / name).glob("version_*/metrics.json")).read_text())["metrics"]
+        reports[name] = json.loads(next((tmp_path / name).glob("version_*/eval/*/metrics.json")).read_text())["metrics"]
     one, two = reports["one"], reports["two"]
     assert one["nll"]["n"] == two["nll"]["n"] == 301
     for key in ("nll", "bpd", "fid", "kid_mean", "precision", "recall"):
@@ -307,7 +307,7 @@ def test_every_config_fits_validates_tests_and_predicts(config, processes, two_p
             assert_same_tensors(ddp_ckpt["state_dict"], ranks[0]["averaged"][0], "checkpoint's average")
         else:
             assert_same_tensors(ddp_ckpt["state_dict"], ranks[0]["raw"], "checkpoint's weights")
-        report = json.loads(next((root / name / "run").glob("version_*/metrics.json")).read_text())
+        report = json.loads(next((root / name / "run").glob("version_*/eval/*/metrics.json")).read_text())
         assert report["metrics"]["loss"]["n"] == 8  # one batch of 4 on each rank, no example twice
         assert samples(root / name / "predict").shape[0] == 8
         return
@@ -348,8 +348,8 @@ def test_two_process_ema_fit_keeps_ranks_identical_and_evaluation_uses_the_avera
               "--trainer.devices=1"]
     one_run = run_args(tmp_path, "one")
     assert run_cli(["test", *common, *EMA_EVALUATION, *one_run, f"--ckpt_path={ckpt_path}"]) == 0
-    one = json.loads(next((tmp_path / "one").glob("run/version_*/metrics.json")).read_text())["metrics"]
-    two = json.loads(next((root / "ema" / "run").glob("version_*/metrics.json")).read_text())["metrics"]
+    one = json.loads(next((tmp_path / "one").glob("run/version_*/eval/*/metrics.json")).read_text())["metrics"]
+    two = json.loads(next((root / "ema" / "run").glob("version_*/eval/*/metrics.json")).read_text())["metrics"]
     assert one["fid"]["n_generated"] == two["fid"]["n_generated"] == 8
     assert two["fid"]["value"] == pytest.approx(one["fid"]["value"], rel=1e-5)
 

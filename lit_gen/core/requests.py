@@ -41,8 +41,9 @@ def balanced_labels(start: int, size: int, num_classes: int) -> Tensor:
 class SampleChunk:
     """Samples ``start, ..., start + size - 1`` of a request, each from a generator seeded ``seed + j``.
 
-    ``labels`` are the classes to draw (balanced, j mod C) when the request is for labeled data; a
-    conditional model draws them, an unconditional one ignores them.
+    ``labels`` are the classes to draw (balanced, j mod C, unless the request names them) when the request
+    is for labeled data; a conditional model draws them, an unconditional one ignores the balanced ones and
+    refuses named ones (``labels_named``).
     """
 
     index: int
@@ -50,15 +51,23 @@ class SampleChunk:
     size: int
     seed: int
     labels: Tensor | None = None
+    labels_named: bool = False
+    #: > 0: each of the chunk's samples is a row of that many images between two seeded latents
+    interpolation_steps: int = 0
 
 
 class SampleRequest(Dataset):
     """A request for ``num_samples`` seeded samples, cut into chunks of ``chunk_size``: the one object the
     datamodule (predict) and the evaluation callback hand to a model, item i being chunk i."""
 
-    def __init__(self, num_samples: int, seed: int, chunk_size: int, num_classes: int | None = None) -> None:
+    def __init__(self, num_samples: int, seed: int, chunk_size: int, num_classes: int | None = None,
+                 labels: Tensor | None = None, interpolation_steps: int = 0) -> None:
+        if labels is not None and len(labels) != num_samples:
+            raise ValueError(f"{len(labels)} labels for a request of {num_samples} samples")
         self.num_samples, self.seed, self.chunk_size = num_samples, seed, chunk_size
         self.num_classes = num_classes
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        self.interpolation_steps = interpolation_steps
         self.sizes = chunk_sizes(num_samples, chunk_size)
 
     def __len__(self) -> int:
@@ -66,8 +75,11 @@ class SampleRequest(Dataset):
 
     def __getitem__(self, index: int) -> SampleChunk:
         start, size = index * self.chunk_size, self.sizes[index]
+        if self.labels is not None:
+            return SampleChunk(index, start, size, self.seed, self.labels[start:start + size], labels_named=True,
+                               interpolation_steps=self.interpolation_steps)
         labels = balanced_labels(start, size, self.num_classes) if self.num_classes else None
-        return SampleChunk(index, start, size, self.seed, labels)
+        return SampleChunk(index, start, size, self.seed, labels, interpolation_steps=self.interpolation_steps)
 
     def for_rank(self, rank: int, world_size: int) -> list[SampleChunk]:
         """The chunks ``rank`` draws (see :func:`rank_chunks`)."""

@@ -46,6 +46,9 @@ class GenerativeDataModule(L.LightningDataModule):
         val_size: int | float = 0.1,
         predict_num_samples: int = 64,
         predict_seed: int = 0,
+        predict_labels: list[int] | None = None,
+        predict_per_class: int | None = None,
+        predict_interpolate: int | None = None,
     ) -> None:
         super().__init__()
         _check_positive_int("batch_size", batch_size)
@@ -62,6 +65,20 @@ class GenerativeDataModule(L.LightningDataModule):
         _check_positive_int("predict_num_samples", predict_num_samples)
         self.predict_num_samples = predict_num_samples
         self.predict_seed = predict_seed
+        if predict_labels is not None and predict_per_class is not None:
+            raise LitGenError("set predict_labels (the classes to draw) or predict_per_class (N of each class), "
+                              "not both")
+        if predict_labels is not None and (not predict_labels or any(
+                isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in predict_labels)):
+            raise LitGenError(f"predict_labels must be a non-empty list of class indices >= 0, got {predict_labels!r}")
+        if predict_per_class is not None:
+            _check_positive_int("predict_per_class", predict_per_class)
+        if predict_interpolate is not None and (isinstance(predict_interpolate, bool) or not isinstance(
+                predict_interpolate, int) or predict_interpolate < 2):
+            raise LitGenError(f"predict_interpolate must be an integer >= 2 (images per row), got {predict_interpolate!r}")
+        self.predict_labels = predict_labels
+        self.predict_per_class = predict_per_class
+        self.predict_interpolate = predict_interpolate
         self._splits: dict[str, Dataset] | None = None
 
     # -- data ---------------------------------------------------------------------------------------------
@@ -137,22 +154,45 @@ class GenerativeDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         """The sample request of ``lit-gen predict``: ``predict_num_samples`` in chunks of ``eval_batch_size``,
-        one :class:`~lit_gen.core.requests.SampleChunk` per batch (balanced labels when the data has classes).
+        one :class:`~lit_gen.core.requests.SampleChunk` per batch.
 
         Sample j is drawn from its own generator seeded ``predict_seed + j``, so the samples depend neither on
-        the chunk size nor on the device count. Under DDP, fewer chunks than processes are cut smaller so
-        that every process gets one: Lightning refuses a predict run in which a rank has no batch.
+        the chunk size nor on the device count. Labels (for conditional models): balanced (j mod C) by
+        default; ``predict_labels`` names them (sample j gets ``predict_labels[j % len]``);
+        ``predict_per_class`` draws that many of each class, class by class (``predict_num_samples`` is then
+        N x C). ``predict_interpolate`` (families with a latent space): each of the samples becomes a row of
+        that many images between two seeded latents. Under DDP, fewer chunks than processes are cut smaller so that every process gets one:
+        Lightning refuses a predict run in which a rank has no batch.
         """
+        labels = self.predict_request_labels()
+        num = self.predict_num_samples if labels is None else len(labels)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         world = torch.distributed.get_world_size() if distributed else 1
-        if self.predict_num_samples < world:
-            raise LitGenError(f"predict_num_samples ({self.predict_num_samples}) must be at least the number of "
+        if num < world:
+            raise LitGenError(f"predict_num_samples ({num}) must be at least the number of "
                               f"processes ({world}): each process draws at least one sample")
         chunk = self.eval_batch_size
-        if -(-self.predict_num_samples // chunk) < world:
-            chunk = -(-self.predict_num_samples // world)
-        request = SampleRequest(self.predict_num_samples, self.predict_seed, chunk, self.num_classes)
+        if -(-num // chunk) < world:
+            chunk = -(-num // world)
+        request = SampleRequest(num, self.predict_seed, chunk, self.num_classes, labels,
+                                interpolation_steps=self.predict_interpolate or 0)
         return DataLoader(request, batch_size=1, shuffle=False, collate_fn=single_chunk)
+
+    def predict_request_labels(self) -> torch.Tensor | None:
+        """The labels named by ``predict_labels`` / ``predict_per_class`` (None: balanced by default)."""
+        if self.predict_labels is None and self.predict_per_class is None:
+            return None
+        option = "predict_labels" if self.predict_labels is not None else "predict_per_class"
+        if not self.num_classes:
+            raise LitGenError(f"data.{option}: {self.name} has no classes")
+        if self.predict_per_class is not None:
+            return torch.arange(self.num_classes).repeat_interleave(self.predict_per_class)
+        wrong = [c for c in self.predict_labels if c >= self.num_classes]
+        if wrong:
+            raise LitGenError(f"data.predict_labels: {wrong} are not classes of {self.name} "
+                              f"(0 to {self.num_classes - 1})")
+        chosen = torch.tensor(self.predict_labels, dtype=torch.long)
+        return chosen[torch.arange(self.predict_num_samples) % len(chosen)]
 
     def __str__(self) -> str:
         # LightningDataModule.__str__ builds every dataloader, which would load the data just to print.

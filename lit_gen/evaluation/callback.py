@@ -25,16 +25,16 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
 from lit_gen.core.records import SECONDS, Comparison, MetricRecord
-from lit_gen.core.requests import SampleRequest, chunk_sizes, draw_chunk, rank_chunks
+from lit_gen.core.requests import SampleRequest, balanced_labels, chunk_sizes, draw_chunk, rank_chunks
 from lit_gen.core.runtime import evaluating, gather_chunks
 from lit_gen.errors import LitGenError
 from lit_gen.evaluation import metrics
 from lit_gen.evaluation.features import FEATURE_DIM, get_inception
+from lit_gen.evaluation.images import class_rows, log_image, save_image_grid, save_scatter
 from lit_gen.evaluation.report import (
-    collect_test_metrics,
+    collect_metrics,
     print_metrics_table,
-    save_image_grid,
-    save_scatter,
+    print_sweep_table,
     write_metrics_json,
     write_sweep,
 )
@@ -47,6 +47,11 @@ def run_dir(trainer: L.Trainer) -> Path:
     only rank zero.
     """
     return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def checkpoint_stem(trainer: L.Trainer) -> str:
+    """The name evaluated outputs are filed under: the checkpoint's file name without suffix."""
+    return Path(trainer.ckpt_path).stem if trainer.ckpt_path else "no-checkpoint"
 
 
 class GenerativeEvaluation(Callback):
@@ -69,7 +74,10 @@ class GenerativeEvaluation(Callback):
             (``evaluation_seed`` of the model), so results do not depend on batch sizes or processes.
         inception_weights: explicit path to the FID Inception weights (else resolved automatically).
         cache_dir: where real-data features are cached (default: ``$LIT_GEN_CACHE`` or ``~/.cache/lit_gen``).
-        write_metrics: write ``metrics.json`` into the run directory at the end of ``test``.
+        write_metrics: write ``metrics.json`` at the end of ``test`` and ``validate``.
+        output_dir: where ``test`` / ``validate`` write ``metrics.json``, grids and the sweep (default:
+            ``<run>/eval/<checkpoint stem>/``, beside the checkpoint's run). Grids made during ``fit`` go to
+            ``<run>/samples/``; every grid also goes to each logger that takes images.
         sweep: values of the model's sampling knob (``sampling_knob``: temperature, truncation, guidance
             scale, Langevin steps) to sweep at ``test``: for each, ``test_num_samples`` samples scored
             by FID, precision and recall (plus KID when enabled) against the same real features, written
@@ -96,6 +104,7 @@ class GenerativeEvaluation(Callback):
         cache_dir: str | None = None,
         write_metrics: bool = True,
         sweep: list[int | float | None] | None = None,
+        output_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.every_n_epochs = every_n_epochs
@@ -111,6 +120,7 @@ class GenerativeEvaluation(Callback):
         self.inception_weights = inception_weights
         self.cache_dir = cache_dir
         self.write_metrics = write_metrics
+        self.output_dir = output_dir
         self.sweep = list(sweep) if sweep else []
         self.sweep_rows: list[dict[str, Any]] = []
         self._real_features: dict[str, Tensor] = {}  # in-memory cache for repeated validation epochs
@@ -131,28 +141,51 @@ class GenerativeEvaluation(Callback):
             pl_module.evaluation_seed = self.seed
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs <= 0:
+        if trainer.sanity_checking:
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+        if trainer.state.fn == "validate":  # ``lit-gen validate`` evaluates as ``test`` does
+            self.evaluate(trainer, pl_module, "val")
+            return
+        if self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs != 0:
             return
         self.evaluate(trainer, pl_module, "val")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate" and not trainer.sanity_checking:
+            self.report(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.evaluate(trainer, pl_module, "test")
         self.sweep_rows = self.sweep_knob(trainer, pl_module) if self.sweep else []
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        records = [*getattr(pl_module, "metric_records", lambda split: [])("test"), *self.split_records("test")]
-        report = collect_test_metrics(trainer, pl_module, records)
-        directory = run_dir(trainer)  # on every rank: it is a collective
-        if trainer.is_global_zero:
-            print_metrics_table(report, records)
-            if self.write_metrics:
-                path = write_metrics_json(report, directory / "metrics.json")
-                print(f"metrics written to {path}")
-            if self.sweep_rows:
-                for path in write_sweep(self.sweep_rows, pl_module.sampling_knob, report, directory):
-                    print(f"sweep written to {path}")
+        self.report(trainer, pl_module, "test")
+
+    def evaluation_dir(self, trainer: L.Trainer) -> Path:
+        """Where ``test`` / ``validate`` outputs go (call on every rank: it may be a collective)."""
+        if self.output_dir:
+            return Path(self.output_dir)
+        return run_dir(trainer) / "eval" / checkpoint_stem(trainer)
+
+    def report(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
+        """One table and one ``metrics.json`` of the split's records (the model's and the sample metrics),
+        and the sweep's rows when there was one."""
+        records = [*getattr(pl_module, "metric_records", lambda split: [])(split), *self.split_records(split)]
+        sweep = self.sweep_rows if split == "test" else []
+        report = collect_metrics(trainer, pl_module, records, split, sweep=sweep,
+                                 knob=getattr(pl_module, "sampling_knob", None))
+        directory = self.evaluation_dir(trainer)
+        if not trainer.is_global_zero:
+            return
+        print_metrics_table(report, records)
+        if sweep:
+            print_sweep_table(sweep, pl_module.sampling_knob)
+        if self.write_metrics:
+            path = write_metrics_json(report, directory / "metrics.json")
+            print(f"metrics written to {path}")
+        if sweep:
+            for path in write_sweep(sweep, pl_module.sampling_knob, report, directory):
+                print(f"sweep written to {path}")
 
     # ------------------------------------------------------------- evaluation
     def _wants_features(self, pl_module: Any) -> bool:
@@ -196,7 +229,10 @@ class GenerativeEvaluation(Callback):
         rows = []
         with evaluating(pl_module):
             real = self.real_features(trainer, pl_module, num)
-            for value in self.sweep:
+            for step, value in enumerate(self.sweep, 1):
+                if trainer.is_global_zero:
+                    print(f"lit-gen: sweep {knob}={value} ({step}/{len(self.sweep)}): {num} samples, "
+                          f"{', '.join(self._sweep_metric_names())}", flush=True)
                 kwargs = {**pl_module.sample_kwargs, knob: value}
                 features, grid, seconds = self._draw(trainer, pl_module, num, True, kwargs)
                 row = {knob: value, **self._sample_metrics(real, features[:num], with_pr=True),
@@ -301,6 +337,9 @@ class GenerativeEvaluation(Callback):
         self._real_features[key] = features.cpu()
         return features.to(pl_module.device)
 
+    def _sweep_metric_names(self) -> list[str]:
+        return ["fid", *(["kid"] if self.use_kid else []), "precision", "recall"]
+
     def _sample_metrics(self, real: Tensor, fake: Tensor, with_pr: bool = False) -> dict[str, float]:
         real, fake = real.double().cpu(), fake.double().cpu()
         out: dict[str, float] = {}
@@ -314,17 +353,21 @@ class GenerativeEvaluation(Callback):
 
     # ------------------------------------------------------------------ grids
     def _save_grid(self, trainer: L.Trainer, pl_module: Any, samples: Tensor, stage: str) -> None:
-        out_dir = run_dir(trainer) / "samples"  # on every rank: it is a collective
+        """The grid as a PNG (in ``<run>/samples/`` during fit, else the evaluation directory) and to every
+        logger that takes images; a conditional model's grid has one row per class."""
+        fitting = trainer.state.fn == "fit"
+        out_dir = run_dir(trainer) / "samples" if fitting else self.evaluation_dir(trainer)  # collectives
         if not trainer.is_global_zero:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{stage}_epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}.png"
         samples = samples.detach().float().cpu()
         if samples.dim() == 4:
-            grid = save_image_grid(samples.clamp(0, 1), path)
-            for logger in trainer.loggers:
-                experiment = getattr(logger, "experiment", None)
-                if hasattr(experiment, "add_image"):
-                    experiment.add_image(f"{stage}/samples", grid, trainer.global_step)
+            labels = None
+            if getattr(pl_module, "conditional", False):
+                labels = balanced_labels(0, samples.shape[0], pl_module.num_classes)  # as _draw drew them
+            samples, nrow = class_rows(samples, labels)
+            grid = save_image_grid(samples.clamp(0, 1), path, nrow=nrow)
+            log_image(trainer.loggers, f"{stage}/samples", grid, trainer.global_step)
         elif samples.dim() == 2 and samples.shape[1] == 2:
             save_scatter(samples, path)

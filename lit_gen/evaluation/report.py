@@ -1,57 +1,15 @@
-"""Reports: image grids, ``metrics.json`` and the terminal table."""
+"""Reports: ``metrics.json``, the terminal table and the sweep's table and plot."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
 from lit_gen import __version__
 from lit_gen.core.records import MetricRecord
 from lit_gen.core.runtime import qualified_name
-
-
-def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = None,
-                    min_side: int = 32) -> Tensor:
-    """Save ``(N, C, H, W)`` images in [0, 1] as one PNG grid (near-square); returns the grid tensor.
-
-    Images smaller than ``min_side`` (8x8 digits) are enlarged by an integer factor, nearest-neighbour,
-    so a person can see them; pixels are not interpolated, so the grid still shows the true levels.
-    """
-    from torchvision.utils import make_grid, save_image
-
-    factor = math.ceil(min_side / min(images.shape[-2:]))
-    if factor > 1:
-        images = torch.nn.functional.interpolate(images.float(), scale_factor=factor, mode="nearest")
-    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
-    grid = make_grid(images.float().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path)
-    return grid
-
-
-def save_scatter(points: Tensor, path: str | os.PathLike) -> None:
-    """Scatter plot of 2-D samples (toy densities live in [0, 1]^2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
-    pts = points.float().cpu().numpy()
-    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.6)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_aspect("equal")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def metrics_from_records(records: list[MetricRecord]) -> dict[str, dict[str, Any]]:
@@ -64,19 +22,24 @@ def metrics_from_records(records: list[MetricRecord]) -> dict[str, dict[str, Any
     return metrics
 
 
-def collect_test_metrics(trainer: Any, pl_module: Any, records: list[MetricRecord]) -> dict[str, Any]:
-    """Everything ``test`` measured (the model's and the callback's records) and what produced it."""
+def collect_metrics(trainer: Any, pl_module: Any, records: list[MetricRecord], split: str = "test",
+                    sweep: list[dict[str, Any]] | None = None, knob: str | None = None) -> dict[str, Any]:
+    """Everything one ``test`` / ``validate`` measured (the model's and the callback's records, the sweep's
+    rows) and what produced it."""
     datamodule = trainer.datamodule
-    return {
+    report = {
         "model": qualified_name(pl_module),
         "datamodule": getattr(datamodule, "name", type(datamodule).__name__ if datamodule else None),
-        "split": "test",
+        "split": split,
         "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
         "seed": int(os.environ["PL_GLOBAL_SEED"]) if "PL_GLOBAL_SEED" in os.environ else None,
         "sample_kwargs": dict(getattr(pl_module, "sample_kwargs", {})),
         "lit_gen_version": __version__,
         "metrics": metrics_from_records(records),
     }
+    if sweep:
+        report["sweep"] = {"knob": knob, "rows": sweep}
+    return report
 
 
 def write_metrics_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -110,6 +73,20 @@ def print_metrics_table(report: dict[str, Any], records: list[MetricRecord]) -> 
         count = record.count
         table.add_row(record.name, format_value(record.value) + unit, record.describe(),
                       "" if count is None else format_value(count))
+    Console().print(table)
+
+
+def print_sweep_table(rows: list[dict[str, Any]], knob: str) -> None:
+    """The sweep's rows as a rich table: the knob's value and each sample metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = [m for m in SWEEP_METRICS if m in rows[0]]
+    table = Table(title=f"{knob} sweep (N = {rows[0]['n_generated']} generated vs {rows[0]['n_real']} real)")
+    for column in (knob, *columns):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*(format_value(row[c]) for c in (knob, *columns)))
     Console().print(table)
 
 

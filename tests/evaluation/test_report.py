@@ -1,10 +1,8 @@
-"""Reports: records -> metrics.json entries and the terminal table, grids at the data's true levels, sweeps."""
+"""Reports: records -> metrics.json entries and the terminal table, sweeps."""
 
 import json
 
 import pytest
-import torch
-from PIL import Image
 
 from lit_gen.core.records import BITS_PER_DIM, NATS, Comparison, MetricRecord, not_available
 from lit_gen.evaluation import report
@@ -63,16 +61,6 @@ def test_metrics_json_is_written_whole(tmp_path):
     path = report.write_metrics_json({"metrics": {"nll": {"value": 1.0}}}, tmp_path / "a" / "metrics.json")
     assert json.loads(path.read_text()) == {"metrics": {"nll": {"value": 1.0}}}
     assert not list(path.parent.glob("*.tmp"))
-
-
-def test_grid_enlarges_small_images_without_inventing_levels(tmp_path):
-    levels = torch.arange(4).float().div(3).view(1, 1, 2, 2).expand(3, 1, 2, 2).contiguous()
-    report.save_image_grid(levels, tmp_path / "grid.png", min_side=8)
-    image = Image.open(tmp_path / "grid.png")
-    # 2 columns x (8 + padding) wide; pixel values only the four levels (as 8-bit) and the white padding
-    assert image.size[0] == 2 * 8 + 3
-    values = set(torch.tensor(list(image.convert("L").getdata())).tolist())
-    assert values <= {0, 85, 170, 255}
 
 
 def test_format_value():

@@ -148,7 +148,7 @@ class NormalizingFlow(GenerativeModule):
         """z ~ p(z) with its spread scaled by ``temperature``, mapped back through the flow; discrete data
         lands in the level whose dequantization bin holds it."""
         def inverse_of_fresh_latents(n: int, source: RandomSource) -> Tensor:
-            z = self.prior.sample(n, temperature, source, device=self.device).to(self.dtype)
+            z = self.draw_latents(n, generator=source, temperature=temperature)
             return self.flow.inverse(z.view(n, *self.data_shape))[0]
 
         x = inverse_of_fresh_latents(num_samples, generator)
@@ -172,6 +172,23 @@ class NormalizingFlow(GenerativeModule):
         if redrawn:
             rank_zero_warn(f"{type(self).__name__}.sample: {redrawn} of {num_samples} latents overflowed the "
                            "inverse flow and were drawn again (a briefly trained flow)")
+        return self._to_data(x)
+
+    def draw_latents(self, num_samples: int, *, generator: RandomSource = None, temperature: float = 1.0,
+                     **knobs: Any) -> Tensor:
+        """Latents of the base distribution, flat ``(N, D)``."""
+        return self.prior.sample(num_samples, temperature, generator, device=self.device).to(self.dtype)
+
+    def decode_latents(self, z: Tensor, *, labels: Tensor | None = None, generator: RandomSource = None,
+                       **knobs: Any) -> Tensor:
+        x = self.flow.inverse(z.to(self.dtype).view(z.shape[0], *self.data_shape))[0]
+        if not torch.isfinite(x).all():
+            raise LitGenError(f"{type(self).__name__}: the inverse flow of these latents is not finite")
+        return self._to_data(x)
+
+    def _to_data(self, x: Tensor) -> Tensor:
+        """The flow's output back in data space; discrete data lands in the level whose dequantization bin
+        holds it."""
         y, _ = self.preprocess.inverse(x)
         if self.num_levels is None:
             return y

@@ -182,10 +182,18 @@ class GAN(GenerativeModule):
     def sample(self, num_samples: int, *, labels: Tensor | None = None,
                generator: RandomSource = None, truncation: float | None = None) -> Tensor:
         """Images in [0, 1] (on the data's levels when discrete) from z truncated to +-``truncation``."""
+        z = self.draw_latents(num_samples, generator=generator, truncation=truncation)
+        return self.decode_latents(z, labels=labels)
+
+    def draw_latents(self, num_samples: int, *, generator: RandomSource = None,
+                     truncation: float | None = None, **knobs: Any) -> Tensor:
+        return self.latent(num_samples, truncation, generator)
+
+    def decode_latents(self, z: Tensor, *, labels: Tensor | None = None, generator: RandomSource = None,
+                       **knobs: Any) -> Tensor:
         if labels is None:
-            labels = self.default_labels(num_samples)
-        x = from_signed(self.generate(num_samples, labels, truncation, generator))
-        x = x.clamp(0.0, 1.0)
+            labels = self.default_labels(z.shape[0])
+        x = from_signed(self.generator(z, self._labels(labels))).clamp(0.0, 1.0)
         return self.snap_to_levels(x)
 
     # ------------------------------------------------------------ Lightning

@@ -188,9 +188,17 @@ class VAE(GenerativeModule):
                decode: str = "mean") -> Tensor:
         """z ~ p(z) with its spread scaled by ``temperature``, then ``decode``: ``"mean"`` (the decoder's
         expected value, snapped to the data's levels) or ``"sample"`` (a draw from p(x|z))."""
+        z = self.draw_latents(num_samples, generator=generator, temperature=temperature)
+        return self.decode_latents(z, labels=labels, generator=generator, decode=decode)
+
+    def draw_latents(self, num_samples: int, *, generator: RandomSource = None, temperature: float = 1.0,
+                     **knobs: Any) -> Tensor:
+        return self.prior.sample(num_samples, temperature, generator, device=self.device)
+
+    def decode_latents(self, z: Tensor, *, labels: Tensor | None = None, generator: RandomSource = None,
+                       decode: str = "mean", **knobs: Any) -> Tensor:
         if labels is None:
-            labels = self.default_labels(num_samples)
-        z = self.prior.sample(num_samples, temperature, generator, device=self.device)
+            labels = self.default_labels(z.shape[0])
         params = self.decoder(z, self._condition(labels))
         if decode == "mean":
             x = self.likelihood.mean(params)

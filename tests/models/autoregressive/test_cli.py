@@ -133,7 +133,7 @@ def test_fit_then_test_reports_an_exact_nll(tmp_path):
         )
         == 0
     )
-    report = json.loads(max((tmp_path / "ar").glob("version_*/metrics.json")).read_text())
+    report = json.loads(max((tmp_path / "ar").glob("version_*/eval/*/metrics.json")).read_text())
     metrics = report["metrics"]
     assert metrics["nll"]["kind"] == "exact" and metrics["bpd"]["kind"] == "exact"
     assert metrics["bpd"]["value"] == pytest.approx(metrics["nll"]["value"] / (64 * np.log(2)))

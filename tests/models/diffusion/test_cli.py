@@ -63,7 +63,7 @@ def test_fit_test_predict_round_trip_of_a_conditional_model(tmp_path):
                     "--evaluation.test_num_samples=8", "--evaluation.sample_batch_size=8",
                     "--evaluation.fid=false",
                     "--evaluation.grid_size=8"]) == 0
-    report = json.loads(max((tmp_path / "diff").glob("version_*/metrics.json")).read_text())
+    report = json.loads(max((tmp_path / "diff").glob("version_*/eval/*/metrics.json")).read_text())
     metrics = report["metrics"]
     assert metrics["nll"]["kind"] == "bound" and metrics["bpd"]["kind"] == "bound"
     assert metrics["nll"]["n"] == 64 and 0 < metrics["bpd"]["value"] < 20

@@ -55,7 +55,7 @@ def test_fit_then_test_reports_the_configured_likelihood_kind(dequantization, ki
     assert run_cli(["fit", *config, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
                     "--trainer.limit_val_batches=1"]) == 0
     assert run_cli(["test", *config, "--ckpt_path=last", "--trainer.limit_test_batches=1"]) == 0
-    report = json.loads(sorted((tmp_path / "flow").glob("version_*/metrics.json"))[-1].read_text())
+    report = json.loads(sorted((tmp_path / "flow").glob("version_*/eval/*/metrics.json"))[-1].read_text())
     metrics = report["metrics"]
     assert metrics["nll"]["kind"] == kind and metrics["bpd"]["kind"] == kind
     assert metrics["bpd"]["value"] == pytest.approx(metrics["nll"]["value"] / (64 * math.log(2)))

@@ -81,7 +81,7 @@ def test_fit_checkpoints_by_fid_then_test_reports_fid_without_nll(tmp_path):
     code = run_cli(["test", *common, "--ckpt_path=last", "--trainer.limit_test_batches=1",
                     "--evaluation.test_num_samples=10"])
     assert code == 0
-    metrics = json.loads(max((tmp_path / "gan").glob("version_*/metrics.json")).read_text())["metrics"]
+    metrics = json.loads(max((tmp_path / "gan").glob("version_*/eval/*/metrics.json")).read_text())["metrics"]
     assert metrics["fid"]["n_generated"] == 10 and metrics["fid"]["value"] > 0
     assert metrics["nll"]["value"] is None and metrics["nll"]["kind"] == "not available"
     assert "bpd" not in metrics
