@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -84,3 +85,57 @@ def check_sample_knobs(model_class: type, names: Iterable[str], source: str = "s
                 f"{source}: {model_class.__name__}.sample has no knob {name!r}{hint}; "
                 f"its knobs are: {', '.join(knobs) or 'none'}"
             )
+
+
+# -- one-line messages from jsonargparse's diagnostics ---------------------------------------------------
+NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
+         "Expected a <class 'NoneType'>")
+CLASS_PATH_PROBLEM = "Problem with given class_path"
+
+
+def compact_parser_message(message: str) -> str:
+    """jsonargparse's diagnosis on one line: without the Union bookkeeping, with the value that was given."""
+    rows = []
+    for raw in message.splitlines():
+        text = raw.strip()
+        item = text.startswith("- ")
+        rows.append((len(raw) - len(raw.lstrip()), item, text[2:].strip() if item else text))
+    # Beside a class_path problem (the diagnosis), a Union's other alternatives ("Expected a <class 'bool'>")
+    # always fail too: they are noise at that level.
+    diagnosed = {indent for indent, item, text in rows if item and text.startswith(CLASS_PATH_PROBLEM)}
+    given: list[str] = []
+    kept: list[str] = []
+    for indent, item, text in rows:
+        if text.startswith("Given value:"):
+            given.append(text.split(":", 1)[1].strip())
+        elif not text or text.startswith(NOISE) or text in kept or (
+                item and indent in diagnosed and text.startswith("Expected a ") and "Got value" not in text):
+            continue
+        elif kept and text.startswith("Expected a ") and kept[-1].startswith("Expected a "):
+            kept[-1] += " or " + text[len("Expected a "):]
+        else:
+            kept.append(text)
+    line = " ".join(kept)
+    # The innermost plain value (outer ones are jsonargparse's wrappers of the nested option).
+    value = next((v for v in given if not v.startswith(("NestedArg(", "Namespace("))), None)
+    if value is not None and "Got value" not in line:
+        line += f". Got value: {value}"
+    return line
+
+
+def constructor_message(err: BaseException) -> str:
+    """Why a configured class could not be built: the innermost cause's message (the constructor's own
+    check, or e.g. the import error of a missing package), after the class_path jsonargparse names.
+
+    jsonargparse wraps that cause (``raise ... from``) in Union diagnostics whose error lists keep only the
+    first line of each alternative, which for a class_path is "Problem with given class_path 'X':".
+    """
+    chain = [err]
+    while chain[-1].__cause__ is not None and chain[-1].__cause__ not in chain:
+        chain.append(chain[-1].__cause__)
+    root = chain[-1]
+    text = compact_parser_message(str(root)) or type(root).__name__
+    paths = re.findall(rf"{CLASS_PATH_PROBLEM} '([^']+)'", "\n".join(str(e) for e in chain))
+    if paths and paths[-1] not in text:  # the innermost class that failed
+        text = f"{paths[-1]}: {text}"
+    return text

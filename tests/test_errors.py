@@ -13,8 +13,14 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lit_gen.cli import compact_parser_message, constructor_message, load_checkpoint
-from lit_gen.errors import CheckpointError, ConfigurationError, sample_knobs
+from lit_gen.cli import load_checkpoint
+from lit_gen.errors import (
+    CheckpointError,
+    ConfigurationError,
+    compact_parser_message,
+    constructor_message,
+    sample_knobs,
+)
 from lit_gen.models.autoregressive import MADE, GatedPixelCNN
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.diffusion import Diffusion

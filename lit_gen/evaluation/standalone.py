@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_gen.errors import DataNotFoundError, LitGenError
+from lit_gen.errors import DataNotFoundError, LitGenError, constructor_message
 from lit_gen.evaluation import metrics
 from lit_gen.evaluation.features import (
     EXTRACTOR_ID,
@@ -304,8 +304,6 @@ def datamodule_from_config(config_path: Path) -> Any:
     try:
         return parser.instantiate_classes(parser.parse_object({"data": block})).data
     except (ArgumentError, ValueError, TypeError, ImportError) as err:
-        from lit_gen.cli import constructor_message
-
         raise LitGenError(
             f"config {config_path}: cannot build its data: block ({constructor_message(err)})") from None
 
