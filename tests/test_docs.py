@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+from lit_gen.command import packaged_config
+from lit_gen.evaluation.standalone import build_parser as build_evaluate_parser
 from tests.conftest import ROOT, quiet_trainer_args, run_cli
 
 
@@ -82,9 +84,18 @@ def test_every_documented_command_runs(doc, tmp_path, monkeypatch):
     fitted: set[str] = set()
     for line in command_lines(doc.read_text()):
         args = shlex.split(line)[1:]
+        if args[0] == "evaluate":
+            # Not a LightningCLI subcommand: its own argparse parser, and its config specs must exist.
+            parsed = build_evaluate_parser().parse_args(args[1:])
+            for spec in parsed.inputs:
+                if spec.startswith("data:"):
+                    assert (ROOT / spec.split(":")[1]).is_file(), f"{doc.name}: {spec} does not exist ({line})"
+            continue
         configs = [args[i + 1] for i, a in enumerate(args) if a == "--config"]
         for config in configs:
-            assert (ROOT / config).is_file(), f"{doc.name}: {config} does not exist ({line})"
+            resolved = config if (ROOT / config).is_file() else packaged_config(config)
+            assert resolved is not None, f"{doc.name}: {config} does not exist ({line})"
+        configs = [str(c if (ROOT / c).is_file() else packaged_config(c)) for c in configs]
         if "--print_config" in args:
             assert run_cli(args) == 0, f"{doc.name}: does not parse: {line}"
             continue
