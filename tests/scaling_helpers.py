@@ -74,7 +74,7 @@ def callbacks_in(config: Path) -> list[str]:
 
 def tiny_args(config: Path, data_root: Path) -> list[str]:
     """Overrides that make ``config`` a few-second run: small widths, sampler steps, batches and sample
-    counts, fake data files for MNIST / Fashion-MNIST / CIFAR-10. Callbacks, schedules, monitors and every
+    counts, fake data files for (binarized) MNIST / Fashion-MNIST / CIFAR-10. Callbacks, schedules, monitors and every
     other option stay the config's own."""
     cfg = yaml.safe_load(config.read_text())
     model_path = cfg["model"]["class_path"]
@@ -94,7 +94,7 @@ def tiny_args(config: Path, data_root: Path) -> list[str]:
     args += [f"--data.init_args.batch_size={PER_PROCESS_BATCH}",
              f"--data.init_args.eval_batch_size={PER_PROCESS_BATCH}",
              f"--data.init_args.predict_num_samples={2 * PER_PROCESS_BATCH}"]
-    if data in ("MNISTDataModule", "FashionMNISTDataModule"):
+    if data in ("MNISTDataModule", "FashionMNISTDataModule", "BinarizedMNISTDataModule"):
         args += [f"--data.init_args.root={data_root / 'idx'}", f"--data.init_args.val_size={FAKE_SPLIT}"]
     elif data == "CIFAR10DataModule":
         args += [f"--data.init_args.root={data_root}", f"--data.init_args.val_size={FAKE_SPLIT}"]
