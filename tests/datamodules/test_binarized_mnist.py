@@ -133,3 +133,24 @@ def test_vae_test_reports_nats_per_image_with_the_protocol(tmp_path):
     metrics = report["metrics"]
     assert metrics["nll"]["unit"] == "nats" and metrics["nll"]["n"] == 4 and metrics["nll"]["kind"] == "estimate"
     assert 0 < metrics["nll"]["value"] < 3 * 784 * math.log(2) and metrics["elbo"]["kind"] == "bound"
+
+
+@pytest.mark.parametrize("family, small", [
+    ("flow", ["--model.init_args.hidden_channels=8", "--model.init_args.steps_per_scale=1"]),
+    ("diffusion", ["--model.init_args.backbone.init_args.channels=8", "--model.init_args.num_timesteps=20",
+                   "--model.init_args.backbone.init_args.attention_resolutions=[]"]),
+])
+def test_flows_and_diffusion_model_two_levels_with_their_own_kind(tmp_path, family, small):
+    """The other K = 2 users: a dequantized flow and a diffusion model's bound on binary images (their
+    digits configs with this datamodule), each test NLL a bound in nats per image."""
+    make_idx_set(tmp_path / "idx", n_train=12, n_test=4)
+    args = ["--config", str(ROOT / "configs" / family / "digits.yaml"), *quiet_trainer_args(tmp_path, family),
+            *small, "--data=lit_gen.datamodules.BinarizedMNISTDataModule",
+            f"--data.init_args.root={tmp_path / 'idx'}", "--data.init_args.val_size=4",
+            "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=4"]
+    assert run_cli(["fit", *args, "--trainer.max_epochs=1", "--evaluation.every_n_epochs=0"]) == 0
+    assert run_cli(["test", *args, "--ckpt_path=last", "--evaluation.fid=false", "--evaluation.grid_size=0"]) == 0
+    metrics = json.loads(next((tmp_path / family).glob("version_*/eval/last/metrics.json")).read_text())["metrics"]
+    assert metrics["nll"]["kind"] == "bound" and metrics["nll"]["unit"] == "nats"
+    assert 0 < metrics["nll"]["value"] and metrics["bpd"]["value"] == pytest.approx(
+        metrics["nll"]["value"] / (784 * math.log(2)), rel=1e-6)
