@@ -3,7 +3,7 @@
 from lit_gen.models.autoregressive.heads import GaussianMixtureLikelihood, build_head
 from lit_gen.models.autoregressive.made import MADENet, MaskedLinear
 from lit_gen.models.autoregressive.module import MADE, AutoregressiveModule, GatedPixelCNN
-from lit_gen.models.autoregressive.pixelcnn import GatedPixelCNNNet
+from lit_gen.nn.pixelcnn import GatedPixelCNNNet
 
 __all__ = [
     "MADE",

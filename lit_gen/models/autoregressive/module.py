@@ -27,8 +27,8 @@ from lit_gen.core.seeds import RandomSource
 from lit_gen.errors import ConfigurationError, check_sizes
 from lit_gen.models.autoregressive.heads import build_head
 from lit_gen.models.autoregressive.made import MADENet
-from lit_gen.models.autoregressive.pixelcnn import GatedPixelCNNNet
 from lit_gen.models.base import GenerativeModule
+from lit_gen.nn.pixelcnn import GatedPixelCNNNet, sample_raster
 
 
 class AutoregressiveModule(GenerativeModule):
@@ -239,14 +239,6 @@ class GatedPixelCNN(AutoregressiveModule):
         temperature: float = 1.0,
     ) -> Tensor:
         """H*W*C network passes; the pass for row i runs on rows 0..i only (rows below cannot matter)."""
-        labels = self.sampling_labels(labels, num_samples)
-        channels, height, width = self.data_shape
-        x = torch.zeros(num_samples, channels, height, width, device=self.device)
-        for i in range(height):
-            for j in range(width):
-                for c in range(channels):
-                    params = self.net(self.network_input(x[:, :, : i + 1]), labels)
-                    x[:, c, i, j] = self.likelihood.sample(
-                        params[:, :, c, i, j, None], temperature, generator
-                    )[:, 0]
-        return x
+        return sample_raster(self.net, self.likelihood, self.data_shape, num_samples,
+                             labels=self.sampling_labels(labels, num_samples), temperature=temperature,
+                             generator=generator, device=self.device, dtype=self.dtype)

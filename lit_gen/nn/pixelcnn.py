@@ -1,5 +1,8 @@
 """Gated PixelCNN (van den Oord et al. 2016): a vertical and a horizontal stack, no blind spot.
 
+Shared by the autoregressive family (a prior over pixels) and the latent family (a prior over a VQ-VAE's
+code map), hence on this floor.
+
 Ordering: raster scan over pixels, and within a pixel channel by channel (R < G < B). The output for
 sub-pixel (c, i, j) is a function of every channel of the pixels before (i, j) and of channels < c of
 (i, j) itself, and of nothing else. How the layers keep that:
@@ -26,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_gen.core.levels import to_signed
+from lit_gen.core.seeds import RandomSource
 from lit_gen.errors import ConfigurationError
+from lit_gen.nn.distributions import LikelihoodHead
 
 
 def channel_groups(num_channels: int, num_groups: int) -> Tensor:
@@ -206,3 +212,31 @@ class GatedPixelCNNNet(nn.Module):
             v, h = layer(v, h, labels)
         out = self.head(h).view(b, c, self.params_per_dim, height, width)
         return out.transpose(1, 2)
+
+
+@torch.no_grad()
+def sample_raster(
+    net: GatedPixelCNNNet,
+    head: LikelihoodHead,
+    shape: tuple[int, int, int],
+    num_samples: int,
+    *,
+    labels: Tensor | None = None,
+    temperature: float = 1.0,
+    generator: RandomSource = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Draw ``num_samples`` images of ``shape`` (C, H, W) in raster order, one sub-pixel per network pass.
+
+    Values are in data space [0, 1] on ``head``'s grid; the net sees them in [-1, 1] as ``dtype``. The pass
+    for row i runs on rows 0..i only: rows below cannot affect it. H*W*C passes in all.
+    """
+    channels, height, width = shape
+    x = torch.zeros(num_samples, channels, height, width, device=device)
+    for i in range(height):
+        for j in range(width):
+            for c in range(channels):
+                params = net(to_signed(x[:, :, : i + 1]).to(dtype), labels)
+                x[:, c, i, j] = head.sample(params[:, :, c, i, j, None], temperature, generator)[:, 0]
+    return x
