@@ -36,7 +36,7 @@ from lit_gen.errors import LitGenError
 from lit_gen.models.vae import VAE
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion")
+FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion", "flow_matching", "latent")
 
 # Per model class: what makes it tiny (only the arguments its constructor takes are passed).
 MODEL_TINY: dict[str, dict[str, Any]] = {
@@ -49,8 +49,11 @@ MODEL_TINY: dict[str, dict[str, Any]] = {
     "EBM": {"channels": 8, "buffer_size": 16, "langevin_steps": 2, "val_langevin_steps": 1},
     "GAN": {"latent_dim": 8, "generator_channels": 8, "discriminator_channels": 8},
     "Diffusion": {"num_timesteps": 10, "val_vlb_terms": 4, "backbone.init_args.channels": 8},
+    "FlowMatching": {"backbone.init_args.channels": 8, "likelihood_solver": "euler", "likelihood_steps": 2},
+    "VQVAE": {"num_codes": 8, "code_dim": 4, "channels": 8, "num_mixtures": 2, "restart_every": 1},
+    "VQVAEPixelCNN": {"channels": 4, "num_layers": 2, "head_channels": 8},
 }
-SAMPLER_STEPS = {"Diffusion": 5, "EBM": 2}  # sample_kwargs' steps, when the config sets them
+SAMPLER_STEPS = {"Diffusion": 5, "EBM": 2, "FlowMatching": 2}  # sample_kwargs' steps, when the config sets them
 PER_PROCESS_BATCH = 4
 FAKE_SPLIT = 8  # examples in the fake test / validation splits: one batch on each of 2 processes
 
@@ -83,13 +86,17 @@ def tiny_args(config: Path, data_root: Path) -> list[str]:
     accepted = inspect.signature(model_class.__init__).parameters
     init = cfg["model"].get("init_args") or {}
     tiny = MODEL_TINY[model_class.__name__]
-    args = [f"--model.init_args.{key}={json.dumps(value)}" for key, value in tiny.items()
+    # (a string as itself: jsonargparse keeps the quotes of a JSON string given to a str argument)
+    args = [f"--model.init_args.{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in tiny.items()
             if key.split(".")[0] in accepted]
     sample_kwargs = dict(init.get("sample_kwargs") or {})
     if "steps" in sample_kwargs:
         sample_kwargs["steps"] = SAMPLER_STEPS[model_class.__name__]
         args.append(f"--model.init_args.sample_kwargs={json.dumps(sample_kwargs)}")
     data = cfg["data"]["class_path"].rsplit(".", 1)[1]
+    if model_class.__name__ == "VQVAEPixelCNN":  # a second stage: a tiny first stage of its data's shape
+        args.append(f"--model.init_args.first_stage={tiny_first_stage(data, data_root)}")
     # Two chunks of predictions: one for each of 2 processes, and the same two in one process.
     args += [f"--data.init_args.batch_size={PER_PROCESS_BATCH}",
              f"--data.init_args.eval_batch_size={PER_PROCESS_BATCH}",
@@ -107,6 +114,22 @@ def tiny_args(config: Path, data_root: Path) -> list[str]:
     return [*args, "--trainer.max_epochs=1", f"--trainer.limit_train_batches={max(2, n_critic + 1)}",
             "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def tiny_first_stage(data: str, data_root: Path) -> Path:
+    """A second stage's first stage for the datamodule ``data``: a tiny, untrained VQVAE of its data's shape,
+    written once under ``data_root`` (seeded: the same file for the 2-process and the 1-process runs)."""
+    from lit_gen.models.latent import VQVAE
+    from tests.models.latent.helpers import save_first_stage
+
+    path = data_root / "first_stage" / f"{data}.ckpt"
+    if not path.is_file():
+        shape, levels, downsamples = ((1, 8, 8), 17, 1) if data == "DigitsDataModule" else ((1, 28, 28), 256, 2)
+        with torch.random.fork_rng():  # the caller's random stream is left as it was
+            torch.manual_seed(0)
+            save_first_stage(VQVAE(data_shape=shape, num_levels=levels, num_classes=10,
+                                   num_downsamples=downsamples, **MODEL_TINY["VQVAE"]), path)
+    return path
 
 
 def write_fake_data(root: Path) -> Path:

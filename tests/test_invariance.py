@@ -131,6 +131,7 @@ def _models():
     from lit_gen.models.ebm import EBM
     from lit_gen.models.factorized import FactorizedCategorical
     from lit_gen.models.flow import Glow
+    from lit_gen.models.flow_matching import FlowMatching
     from lit_gen.models.gan import GAN
     from lit_gen.models.vae import VAE
 
@@ -146,6 +147,10 @@ def _models():
         "diffusion": (Diffusion(backbone=functools.partial(UNet, channels=8), num_timesteps=12,
                                 val_vlb_terms=4, vlb_batch_size=16),
                       {"sampler": "ddim", "steps": 6, "eta": 1.0}),
+        # Hutchinson probes and dequantization are per-example draws; a fixed-step solver treats examples alike.
+        "flow_matching": (FlowMatching(backbone=functools.partial(UNet, channels=8), likelihood_solver="heun",
+                                       likelihood_steps=2, likelihood_divergence="hutchinson"),
+                          {"solver": "euler", "steps": 2}),
         "diffusion_ddpm": (Diffusion(backbone=functools.partial(UNet, channels=8), num_timesteps=8),
                            {"sampler": "ddpm"}),
         "gan": (GAN(generator_channels=8, discriminator_channels=8), {"truncation": 1.5}),

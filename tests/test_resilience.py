@@ -98,7 +98,8 @@ def family_args(family: str, tmp_path: Path) -> list[str]:
     config, tiny = TINY_FAMILIES[family]
     ema = tmp_path / "ema.yaml"
     ema.write_text(EMA_FROM_STEP_1)
-    return ["--config", str(config), *(["--config", str(ema)] if family in ("diffusion", "gan") else []), *tiny]
+    with_ema = family in ("diffusion", "gan", "flow_matching")
+    return ["--config", str(config), *(["--config", str(ema)] if with_ema else []), *tiny]
 
 
 def logged_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -156,7 +157,7 @@ def test_a_run_stopped_anywhere_and_resumed_is_the_uninterrupted_run(tmp_path, f
                          for run in runs.values())
     assert straight["global_step"] > 0
     assert_same(straight, stopped)
-    if family in ("diffusion", "gan"):
+    if family in ("diffusion", "gan", "flow_matching"):
         assert "averaging_state" in straight  # the EMA really was part of the comparison
     if family == "ebm":
         assert "lit_gen_replay_buffer" in straight

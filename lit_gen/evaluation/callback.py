@@ -122,6 +122,7 @@ class GenerativeEvaluation(Callback):
         self.write_metrics = write_metrics
         self.output_dir = output_dir
         self.sweep = list(sweep) if sweep else []
+        self.last_nfe: float | None = None  # network evaluations per sample of the last draw (ODE samplers)
         self.sweep_rows: list[dict[str, Any]] = []
         self._real_features: dict[str, Tensor] = {}  # in-memory cache for repeated validation epochs
         self.records: dict[str, MetricRecord] = {}  # "<split>/<name>" -> the latest sample metric of that name
@@ -212,6 +213,8 @@ class GenerativeEvaluation(Callback):
             if seconds is not None and num_drawn:
                 records.append(MetricRecord("sample_sec_per_image", seconds, stage, unit=SECONDS,
                                             n_generated=num_drawn))
+            if self.last_nfe is not None and num_drawn:
+                records.append(MetricRecord("sample_nfe", self.last_nfe, stage, n_generated=num_drawn))
             for record in records:
                 self.records[record.key] = record
                 pl_module.log(record.key, record.value, on_epoch=True, sync_dist=False)
@@ -237,6 +240,8 @@ class GenerativeEvaluation(Callback):
                 features, grid, seconds = self._draw(trainer, pl_module, num, True, kwargs)
                 row = {knob: value, **self._sample_metrics(real, features[:num], with_pr=True),
                        "sample_sec_per_image": seconds, "n_generated": num, "n_real": real.shape[0]}
+                if self.last_nfe is not None:
+                    row["sample_nfe"] = self.last_nfe
                 rows.append(row)
                 if grid is not None and grid.numel():
                     self._save_grid(trainer, pl_module, grid, f"sweep_{knob}_{value}")
@@ -254,10 +259,13 @@ class GenerativeEvaluation(Callback):
         feats: dict[int, Tensor] = {}
         images: dict[int, Tensor] = {}
         sample_time = 0.0
+        nfe_per_chunk: list[int] = []
         extractor = self._extractor(pl_module) if wants_features else None
         for chunk in request.for_rank(trainer.global_rank, trainer.world_size):
             start = time.perf_counter()
             x = draw_chunk(pl_module, chunk, kwargs).float()
+            if getattr(pl_module, "last_sample_nfe", None) is not None:  # an ODE family's evaluations
+                nfe_per_chunk.append(pl_module.last_sample_nfe)
             if pl_module.device.type == "cuda":
                 torch.cuda.synchronize(pl_module.device)
             sample_time += time.perf_counter() - start
@@ -272,6 +280,9 @@ class GenerativeEvaluation(Callback):
         total_time = torch.tensor(sample_time, device=pl_module.device, dtype=torch.float64)
         if trainer.world_size > 1:
             total_time = trainer.strategy.reduce(total_time, reduce_op="sum")
+        # The solver's network evaluations per sample, averaged over this rank's chunks (an adaptive solver
+        # takes as many as each chunk needs; a fixed-step one the same for all).
+        self.last_nfe = sum(nfe_per_chunk) / len(nfe_per_chunk) if nfe_per_chunk else None
         return features, grid[: self.grid_size], float(total_time) / num
 
     @staticmethod

@@ -94,7 +94,7 @@ def load_metrics(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-SWEEP_METRICS = ("fid", "kid_mean", "precision", "recall", "sample_sec_per_image")
+SWEEP_METRICS = ("fid", "kid_mean", "precision", "recall", "sample_sec_per_image", "sample_nfe")
 
 
 def write_sweep(rows: list[dict[str, Any]], knob: str, report: dict[str, Any], directory: Path) -> list[Path]:

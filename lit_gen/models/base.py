@@ -285,12 +285,20 @@ class GenerativeModule(L.LightningModule):
             mean = total / count
             self.log(f"{stage}/{name}", mean, prog_bar=name == "loss", sync_dist=True)
             unit, kind = self._metric_meta.get(name, ("", None))
-            records.append(MetricRecord(name, float(mean), stage, unit=unit, kind=kind, n=int(count)))
+            details = self.likelihood_details(name) if kind is not None else {}
+            records.append(MetricRecord(name, float(mean), stage, unit=unit, kind=kind, n=int(count),
+                                        extra=dict(details)))
         if totals and not self.has_likelihood:
             records.append(not_available(stage, type(self).__name__))
         self.records[stage] = records
         if totals:  # the N that reports state beside every split mean (every evaluation step logs a loss)
             self.log(f"{stage}/num_examples", totals["loss"][1], sync_dist=True)
+
+    def likelihood_details(self, name: str) -> dict[str, Any]:
+        """How the likelihood metric ``name`` (``nll``, ``bpd``, a term) was computed, where a family has
+        choices a reader needs beside the number (an ODE's solver, tolerances, probes); written into its
+        ``metrics.json`` entry. None by default."""
+        return {}
 
     def metric_records(self, stage: str) -> list[MetricRecord]:
         """The records of ``stage``'s last completed evaluation epoch (empty before one)."""
