@@ -5,12 +5,13 @@ can replace the U-Net from YAML): built as ``Backbone(data_shape, num_classes, *
 ``forward(x, time, labels) -> Tensor`` of ``x``'s shape, where ``time`` is a float (B,) tensor in [0, 1000)
 (timesteps rescaled, so embeddings do not depend on T) and ``labels`` a long (B,) tensor in [0, C] whose
 value C means "no label" (classifier-free guidance's null class), or None for an unconditional model.
+Condition-annealed sampling needs one more, optional keyword: ``condition_transform`` (see ``forward``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,9 @@ from torch import Tensor, nn
 
 from lit_gen.errors import ConfigurationError, check_sizes, require_labels
 from lit_gen.nn.blocks import ResidualBlock, group_norm
+
+#: ``(class embedding (B, E), labels (B,)) -> embedding (B, E)``: a sampler's change of the condition.
+ConditionTransform = Callable[[Tensor, Tensor], Tensor]
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -169,11 +173,17 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)  # start by predicting zeros: a stable first step for any target
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None,
+                condition_transform: ConditionTransform | None = None) -> Tensor:
+        """``condition_transform(embedding, labels)``, when given, replaces the class embedding before it is
+        added to the time embedding (condition-annealed sampling noises it there)."""
         emb = self.time_embed(time)
         if self.class_embed is not None:
             require_labels("UNet", labels)  # classifier-free guidance's "no label" is the class num_classes
-            emb = emb + self.class_embed(labels.long())
+            condition = self.class_embed(labels.long())
+            if condition_transform is not None:
+                condition = condition_transform(condition, labels)
+            emb = emb + condition
         h = self.conv_in(x)
         skips = [h]
         for level, blocks in enumerate(self.down):
