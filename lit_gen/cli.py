@@ -380,12 +380,15 @@ class LitGenCLI(LightningCLI):
             raise LitGenError(f"invalid configuration: {constructor_message(err)}") from err
 
     def check_sweep_knob(self) -> None:
-        """``evaluation.sweep`` varies the model's ``sampling_knob``: refuse a family whose ``sample`` does
-        not take it before anything is built, not at the end of ``test``'s evaluation."""
+        """``evaluation.sweep`` varies the model's ``sampling_knob`` (or ``evaluation.sweep_knob``): refuse a
+        family whose ``sample`` does not take it before anything is built, not at the end of ``test``."""
         evaluation, model = self._get(self.config, "evaluation"), self._get(self.config, "model")
         if not (evaluation and evaluation.get("sweep") and model and model.get("class_path")):
             return
         model_class = import_class(model.class_path)
+        if evaluation.get("sweep_knob"):
+            check_sample_knobs(model_class, [evaluation.sweep_knob], "evaluation.sweep_knob")
+            return
         knob = getattr(model_class, "sampling_knob", None)
         if knob is None:
             raise LitGenError(f"evaluation.sweep: {model_class.__name__} names no sampling knob to sweep")

@@ -82,6 +82,8 @@ class GenerativeEvaluation(Callback):
             scale, Langevin steps) to sweep at ``test``: for each, ``test_num_samples`` samples scored
             by FID, precision and recall (plus KID when enabled) against the same real features, written
             as ``sweep.md`` and ``sweep.png`` (metrics against the knob) with a grid per value.
+        sweep_knob: another knob of ``sample`` to sweep instead (e.g. ``cads_noise_scale``); the other
+            knobs keep their ``sample_kwargs`` values.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class GenerativeEvaluation(Callback):
         cache_dir: str | None = None,
         write_metrics: bool = True,
         sweep: list[int | float | None] | None = None,
+        sweep_knob: str | None = None,
         output_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -122,6 +125,7 @@ class GenerativeEvaluation(Callback):
         self.write_metrics = write_metrics
         self.output_dir = output_dir
         self.sweep = list(sweep) if sweep else []
+        self.sweep_knob = sweep_knob
         self.last_nfe: float | None = None  # network evaluations per sample of the last draw (ODE samplers)
         self.sweep_rows: list[dict[str, Any]] = []
         self._real_features: dict[str, Tensor] = {}  # in-memory cache for repeated validation epochs
@@ -157,7 +161,7 @@ class GenerativeEvaluation(Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.evaluate(trainer, pl_module, "test")
-        self.sweep_rows = self.sweep_knob(trainer, pl_module) if self.sweep else []
+        self.sweep_rows = self.sweep_knob_values(trainer, pl_module) if self.sweep else []
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.report(trainer, pl_module, "test")
@@ -174,18 +178,18 @@ class GenerativeEvaluation(Callback):
         records = [*getattr(pl_module, "metric_records", lambda split: [])(split), *self.split_records(split)]
         sweep = self.sweep_rows if split == "test" else []
         report = collect_metrics(trainer, pl_module, records, split, sweep=sweep,
-                                 knob=getattr(pl_module, "sampling_knob", None))
+                                 knob=self.knob_swept(pl_module))
         directory = self.evaluation_dir(trainer)
         if not trainer.is_global_zero:
             return
         print_metrics_table(report, records)
         if sweep:
-            print_sweep_table(sweep, pl_module.sampling_knob)
+            print_sweep_table(sweep, self.knob_swept(pl_module))
         if self.write_metrics:
             path = write_metrics_json(report, directory / "metrics.json")
             print(f"metrics written to {path}")
         if sweep:
-            for path in write_sweep(sweep, pl_module.sampling_knob, report, directory):
+            for path in write_sweep(sweep, self.knob_swept(pl_module), report, directory):
                 print(f"sweep written to {path}")
 
     # ------------------------------------------------------------- evaluation
@@ -220,10 +224,14 @@ class GenerativeEvaluation(Callback):
                 pl_module.log(record.key, record.value, on_epoch=True, sync_dist=False)
             return {record.name: record.value for record in records}
 
-    def sweep_knob(self, trainer: L.Trainer, pl_module: Any) -> list[dict[str, Any]]:
+    def knob_swept(self, pl_module: Any) -> str | None:
+        """``evaluation.sweep_knob`` when set, else the model's ``sampling_knob``."""
+        return self.sweep_knob or getattr(pl_module, "sampling_knob", None)
+
+    def sweep_knob_values(self, trainer: L.Trainer, pl_module: Any) -> list[dict[str, Any]]:
         """One row per knob value: sample metrics of ``test_num_samples`` samples (same seeds, same real
         features for every value, so the rows differ by the knob only). Runs on every rank."""
-        knob = getattr(pl_module, "sampling_knob", None)
+        knob = self.knob_swept(pl_module)
         if knob is None:
             raise LitGenError(f"evaluation.sweep: {type(pl_module).__name__} names no sampling knob")
         if not self._wants_features(pl_module) or self.num_samples["test"] <= 0:

@@ -23,6 +23,7 @@ of classifier-free guidance's unconditional pass is left alone.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -91,4 +92,13 @@ def cads_from_options(noise_scale: float = 0.0, tau1: float = 0.6, tau2: float =
     return CADS(float(noise_scale), float(tau1), float(tau2), float(psi))
 
 
-__all__ = ["CADS", "cads_from_options", "cads_gamma", "rescale_to"]
+def check_cads_backbone(backbone: torch.nn.Module, conditional: bool) -> None:
+    """CADS needs a conditional model whose backbone takes a ``condition_transform`` (the U-Net does)."""
+    if not conditional:
+        raise ConfigurationError("cads_noise_scale > 0 needs a conditional model (conditional: true)")
+    if "condition_transform" not in inspect.signature(backbone.forward).parameters:
+        raise ConfigurationError(f"cads_noise_scale > 0: the backbone {type(backbone).__name__} takes no "
+                                 "condition_transform (its forward would have to accept one)")
+
+
+__all__ = ["CADS", "cads_from_options", "cads_gamma", "check_cads_backbone", "rescale_to"]

@@ -44,7 +44,8 @@ from lit_gen.integrate.likelihood import log_density_change, standard_normal_log
 from lit_gen.integrate.ode import FIXED_STEP_SOLVERS, check_solver_options, solve
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.flow_matching.paths import path_from_name
-from lit_gen.nn.unet import UNet
+from lit_gen.nn.cads import CADS, cads_from_options, check_cads_backbone
+from lit_gen.nn.unet import ConditionTransform, UNet
 
 #: Builds the velocity network from the data's shape and the number of classes (None: unconditional); it is
 #: called as ``network(x_t, TIME_SCALE * t, labels)``.
@@ -146,23 +147,38 @@ class FlowMatching(GenerativeModule):
             raise ValueError(f"{labels.shape[0]} labels do not tile a batch of {batch}")
         return labels.to(self.device).repeat(batch // labels.shape[0])
 
-    def network(self, x: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+    def network(self, x: Tensor, t: Tensor, labels: Tensor | None,
+                condition_transform: ConditionTransform | None = None) -> Tensor:
         """The backbone's velocity at ``x`` (any float dtype) and time ``t`` (0-dim or (B,)), in x's dtype."""
         time = t.to(x.device, torch.float32).expand(x.shape[0]) * TIME_SCALE
-        return self.backbone(x.to(self._network_dtype()), time, labels).to(x.dtype)
+        extra = {} if condition_transform is None else {"condition_transform": condition_transform}
+        return self.backbone(x.to(self._network_dtype()), time, labels, **extra).to(x.dtype)
 
-    def velocity(self, labels: Tensor | None = None, guidance_scale: float = 1.0):
-        """``(x, t) -> v(x, t)`` of this model for the solvers, with classifier-free guidance."""
+    def velocity(self, labels: Tensor | None = None, guidance_scale: float = 1.0, cads: CADS | None = None,
+                 generator: RandomSource = None):
+        """``(x, t) -> v(x, t)`` of this model for the solvers, with classifier-free guidance and, when
+        ``cads`` is active, condition-annealed sampling of the conditional pass (noise level 1 - t, fresh
+        condition noise from ``generator`` at every evaluation)."""
         guided = self.conditional and guidance_scale != 1.0
+        annealed = cads is not None and cads.active and self.conditional and guidance_scale != 0.0
 
         def field(x: Tensor, t: Tensor) -> Tensor:
             lab = self._labels_for(labels, x.shape[0])
+            transform = None
+            if annealed:
+                batch = x.shape[0]
+
+                def transform(embedding: Tensor, _: Tensor) -> Tensor:
+                    # The first ``batch`` rows are the conditional pass; the "no label" rows stay as they are.
+                    noisy = cads.anneal(embedding[:batch], 1.0 - float(t), generator)
+                    return torch.cat([noisy, embedding[batch:]])
+
             if not guided:
-                return self.network(x, t, lab)
+                return self.network(x, t, lab, transform)
             no_label = torch.full_like(lab, self.num_classes)
             if guidance_scale == 0.0:
                 return self.network(x, t, no_label)
-            cond, uncond = self.network(torch.cat([x, x]), t, torch.cat([lab, no_label])).chunk(2)
+            cond, uncond = self.network(torch.cat([x, x]), t, torch.cat([lab, no_label]), transform).chunk(2)
             return uncond + guidance_scale * (cond - uncond)
 
         return field
@@ -243,7 +259,8 @@ class FlowMatching(GenerativeModule):
 
     # ------------------------------------------------------------------ sampling
     def sampler_options(self, solver: str = "heun", steps: int = 50, rtol: float = 1e-5, atol: float = 1e-5,
-                        guidance_scale: float = 1.0) -> dict[str, Any]:
+                        guidance_scale: float = 1.0, cads_noise_scale: float = 0.0, cads_tau1: float = 0.6,
+                        cads_tau2: float = 0.9, cads_psi: float = 1.0) -> dict[str, Any]:
         """Check ``sample``'s knobs (also those of ``sample_kwargs`` at construction, so a bad value is a
         configuration error) and return the solver's keyword arguments."""
         check_solver_options(solver, steps, rtol, atol)
@@ -252,6 +269,9 @@ class FlowMatching(GenerativeModule):
             raise ConfigurationError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         if guidance_scale != 1.0 and not self.conditional:
             raise ConfigurationError("guidance_scale needs a conditional model (conditional: true)")
+        cads = cads_from_options(cads_noise_scale, cads_tau1, cads_tau2, cads_psi)
+        if cads.active:
+            check_cads_backbone(self.backbone, self.conditional)
         return {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol}
 
     def draw_latents(self, num_samples: int, *, generator: RandomSource = None, **knobs: Any) -> Tensor:
@@ -261,12 +281,16 @@ class FlowMatching(GenerativeModule):
     @torch.no_grad()
     def decode_latents(self, z: Tensor, *, labels: Tensor | None = None, generator: RandomSource = None,
                        solver: str = "heun", steps: int = 50, rtol: float = 1e-5, atol: float = 1e-5,
-                       guidance_scale: float = 1.0, **knobs: Any) -> Tensor:
-        """The ODE from noise ``z`` (t = 0) to data (t = 1), in data space; deterministic given ``z``."""
-        options = self.sampler_options(solver, steps, rtol, atol, guidance_scale)
+                       guidance_scale: float = 1.0, cads_noise_scale: float = 0.0, cads_tau1: float = 0.6,
+                       cads_tau2: float = 0.9, cads_psi: float = 1.0, **knobs: Any) -> Tensor:
+        """The ODE from noise ``z`` (t = 0) to data (t = 1), in data space; deterministic given ``z`` (and,
+        with CADS, the generator's condition noise)."""
+        options = self.sampler_options(solver, steps, rtol, atol, guidance_scale, cads_noise_scale, cads_tau1,
+                                       cads_tau2, cads_psi)
         if labels is None:
             labels = self.default_labels(z.shape[0])
-        solution = solve(self.velocity(labels, guidance_scale), z, 0.0, 1.0, **options)
+        cads = cads_from_options(cads_noise_scale, cads_tau1, cads_tau2, cads_psi)
+        solution = solve(self.velocity(labels, guidance_scale, cads, generator), z, 0.0, 1.0, **options)
         self.last_sample_nfe = solution.nfe
         return self.to_data_levels(solution.state)
 
@@ -282,6 +306,10 @@ class FlowMatching(GenerativeModule):
         rtol: float = 1e-5,
         atol: float = 1e-5,
         guidance_scale: float = 1.0,
+        cads_noise_scale: float = 0.0,
+        cads_tau1: float = 0.6,
+        cads_tau2: float = 0.9,
+        cads_psi: float = 1.0,
     ) -> Tensor:
         """Images in [0, 1] on the data's levels; the solver's NFE is kept in ``last_sample_nfe``.
 
@@ -293,11 +321,17 @@ class FlowMatching(GenerativeModule):
             guidance_scale: classifier-free guidance of the velocity (1: the conditional model, 0: the
                 unconditional one, > 1: stronger conditioning, two network passes per evaluation);
                 conditional models only.
+            cads_noise_scale: condition-annealed sampling's noise on the class embedding (0: off, bit for bit
+                the plain sampler); ``cads_tau1`` / ``cads_tau2`` bound the annealing in noise level 1 - t,
+                ``cads_psi`` mixes in the rescaled embedding (:mod:`lit_gen.nn.cads`). Conditional models
+                whose backbone takes a ``condition_transform`` (the U-Net).
         """
-        self.sampler_options(solver, steps, rtol, atol, guidance_scale)
+        cads = {"cads_noise_scale": cads_noise_scale, "cads_tau1": cads_tau1, "cads_tau2": cads_tau2,
+                "cads_psi": cads_psi}
+        self.sampler_options(solver, steps, rtol, atol, guidance_scale, **cads)
         z = self.draw_latents(num_samples, generator=generator)
         return self.decode_latents(z, labels=labels, generator=generator, solver=solver, steps=steps, rtol=rtol,
-                                   atol=atol, guidance_scale=guidance_scale)
+                                   atol=atol, guidance_scale=guidance_scale, **cads)
 
 
 __all__ = ["BackboneFactory", "FlowMatching", "TIME_SCALE", "describe_factory"]

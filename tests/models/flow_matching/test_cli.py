@@ -73,3 +73,32 @@ def test_a_bad_solver_in_the_config_fails_at_parse_time(tmp_path, capsys):
     assert code == 1
     assert "solver must be one of euler, midpoint, heun, rk4, dopri5, got 'rk5'" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_sweep_of_cads_noise_at_a_fixed_guidance_scale(tmp_path, capsys):
+    """evaluation.sweep_knob turns condition-annealed sampling's noise; its row at 0 is the plain guided
+    sampler's (the same FID as a test without CADS), the row at 1 other samples."""
+    config = str(CONFIGS / "digits_conditional.yaml")
+    common = [*quiet_trainer_args(tmp_path, "cads"), "--model.init_args.backbone.init_args.channels=8",
+              "--model.init_args.sample_kwargs={solver: euler, steps: 3, guidance_scale: 2.0}"]
+    # No EMA: the config's average starts at step 100 and would evaluate the initial (zero-output) U-Net.
+    assert run_cli(["fit", "--config", config, *common, "--trainer.callbacks=[]", "--trainer.max_epochs=1",
+                    "--trainer.limit_train_batches=5", "--trainer.limit_val_batches=1",
+                    "--evaluation.every_n_epochs=0"]) == 0
+    test = ["test", "--config", config, *common, "--ckpt_path=last", "--trainer.limit_test_batches=1",
+            "--model.init_args.likelihood_solver=euler", "--model.init_args.likelihood_steps=1",
+            "--evaluation.test_num_samples=10", "--evaluation.sample_batch_size=5", "--evaluation.grid_size=5"]
+    assert run_cli([*test, "--evaluation.sweep_knob=cads_noise_scale", "--evaluation.sweep=[0.0, 1.0]"]) == 0
+    run = max((tmp_path / "cads").glob("version_*")) / "eval" / "last"
+    report = json.loads((run / "metrics.json").read_text())
+    sweep = report["sweep"]
+    assert sweep["knob"] == "cads_noise_scale" and [r["cads_noise_scale"] for r in sweep["rows"]] == [0.0, 1.0]
+    assert sweep["rows"][0]["fid"] == pytest.approx(report["metrics"]["fid"]["value"], rel=1e-9)
+    assert sweep["rows"][1]["fid"] != sweep["rows"][0]["fid"]
+    assert sweep["rows"][0]["sample_nfe"] == 3
+    assert len(list(run.glob("sweep_cads_noise_scale_*.png"))) == 2
+
+    capsys.readouterr()
+    assert run_cli([*test, "--evaluation.sweep_knob=cads_noise", "--evaluation.sweep=[0.0]"]) == 1
+    assert "evaluation.sweep_knob: FlowMatching.sample has no knob 'cads_noise' (did you mean 'cads_noise_scale'?)" \
+        in capsys.readouterr().err

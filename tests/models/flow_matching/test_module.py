@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from lit_gen.core.levels import from_levels
+from lit_gen.core.seeds import ExampleGenerators
 from lit_gen.errors import ConfigurationError
 from lit_gen.models.flow_matching import FlowMatching
 from lit_gen.models.flow_matching.module import TIME_SCALE
 from lit_gen.models.flow_matching.paths import path_from_name
+from lit_gen.nn.cads import cads_from_options
 from lit_gen.nn.unet import UNet
 
 SHAPE = (1, 2, 2)
@@ -194,3 +196,92 @@ def test_the_divergence_and_the_kind_follow_the_dimension():
 def test_bad_knobs_are_configuration_errors(kwargs, message):
     with pytest.raises(ConfigurationError, match=message.replace("[", r"\[").replace(")", r"\)")):
         FlowMatching(backbone=TINY, **kwargs)
+
+
+# ------------------------------------------------------------------ condition-annealed sampling
+class EmbeddingProbe(nn.Module):
+    """A conditional backbone that takes a condition transform, records the embeddings it used and answers
+    their mean as the velocity."""
+
+    def __init__(self, data_shape, num_classes=None):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes + 1, 6)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x, time, labels=None, condition_transform=None):
+        embedding = self.embed(labels)
+        if condition_transform is not None:
+            embedding = condition_transform(embedding, labels)
+        self.seen.append(embedding.detach().clone())
+        return torch.zeros_like(x) + embedding.mean(-1).view(-1, 1, 1, 1)
+
+
+def conditional(backbone, **kwargs):
+    return FlowMatching(backbone=backbone, data_shape=(1, 8, 8), num_levels=17, num_classes=10, conditional=True,
+                        **kwargs).eval()
+
+
+def test_cads_with_noise_scale_zero_is_the_guided_sampler_bit_for_bit():
+    torch.manual_seed(0)
+    model = conditional(functools.partial(UNet, channels=8, channel_mults=(1, 2), num_res_blocks=1))
+    with torch.no_grad():  # a class embedding that matters (the U-Net's is random, its output layer zero)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    labels = torch.tensor([1, 4, 7])
+    knobs = {"solver": "heun", "steps": 4, "guidance_scale": 2.0}
+    plain = model.sample(3, labels=labels, generator=torch.Generator().manual_seed(1), **knobs)
+    off = model.sample(3, labels=labels, generator=torch.Generator().manual_seed(1), cads_noise_scale=0.0,
+                       **knobs)
+    on = model.sample(3, labels=labels, generator=torch.Generator().manual_seed(1), cads_noise_scale=1.0,
+                      **knobs)
+    assert torch.equal(plain, off)
+    assert not torch.equal(plain, on)  # the comparison above is not vacuous
+
+
+def test_cads_noises_the_conditional_pass_only_and_anneals_to_the_clean_condition():
+    model = conditional(EmbeddingProbe)
+    cads = cads_from_options(noise_scale=0.5)
+    labels = torch.tensor([2, 5])
+    clean = model.backbone.embed(torch.tensor([2, 5, 10])).detach()
+    field = model.velocity(labels, 3.0, cads, torch.Generator().manual_seed(0))
+    x = torch.zeros(2, 1, 8, 8)
+    field(x, torch.tensor(0.0))  # noise level 1 >= tau2: gamma = 0, all noise (rescaled to y's statistics)
+    early = model.backbone.seen[-1]
+    assert not torch.allclose(early[:2], clean[:2])
+    assert torch.equal(early[2:], clean[2:].expand(2, -1))  # classifier-free guidance's "no label" rows
+    # Rescaled: each noisy embedding has the clean one's mean and standard deviation (psi = 1).
+    assert torch.allclose(early[:2].mean(-1), clean[:2].mean(-1), atol=1e-6)
+    assert torch.allclose(early[:2].std(-1), clean[:2].std(-1), atol=1e-6)
+    field(x, torch.tensor(0.5))  # noise level 0.5 <= tau1: gamma = 1, the clean condition
+    assert torch.allclose(model.backbone.seen[-1][:2], clean[:2], atol=1e-6)
+
+
+def test_cads_draws_each_examples_noise_from_its_own_generator():
+    model = conditional(functools.partial(UNet, channels=8, channel_mults=(1, 2), num_res_blocks=1))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    knobs = {"solver": "euler", "steps": 3, "guidance_scale": 2.0, "cads_noise_scale": 0.5}
+    labels = torch.tensor([0, 1, 2, 3])
+    whole = model.sample(4, labels=labels, generator=ExampleGenerators(0, range(4)), **knobs)
+    parts = torch.cat([model.sample(2, labels=labels[:2], generator=ExampleGenerators(0, range(2)), **knobs),
+                       model.sample(2, labels=labels[2:], generator=ExampleGenerators(0, range(2, 4)), **knobs)])
+    assert torch.allclose(whole, parts, atol=1e-6)
+
+
+class NoTransformBackbone(LabelVelocity):
+    pass
+
+
+@pytest.mark.parametrize(("build", "knobs", "message"), [
+    (lambda: FlowMatching(backbone=TINY), {"cads_noise_scale": 0.5}, "needs a conditional model"),
+    (lambda: conditional(NoTransformBackbone), {"cads_noise_scale": 0.5}, "takes no condition_transform"),
+    (lambda: conditional(EmbeddingProbe), {"cads_noise_scale": 0.5, "cads_tau1": 0.95},
+     "cads needs 0 <= tau1 < tau2 <= 1"),
+    (lambda: conditional(EmbeddingProbe), {"cads_noise_scale": -1.0}, "cads noise_scale must be >= 0"),
+])
+def test_bad_cads_knobs_are_configuration_errors(build, knobs, message):
+    model = build()
+    with pytest.raises(ConfigurationError, match=message):
+        model.sample(2, **knobs)
