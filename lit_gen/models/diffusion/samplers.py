@@ -1,14 +1,22 @@
 """Reverse-process samplers: plain functions of (denoiser, schedule, noise).
 
-A *denoiser* maps ``(x_t, t)`` (``t`` a (B,) long tensor of 0-based timesteps) to its estimates
-``(x0_hat, eps_hat)`` of the clean image and the noise; conditioning, guidance and clipping live inside it,
-so a sampler is only the schedule's arithmetic. Both samplers draw their noise from ``generator`` in the same
-order (one normal draw per step, none on the last), which makes DDIM with every step and ``eta = 1``
-reproduce DDPM's trajectory exactly.
+A *denoiser* maps ``(x_t, t)`` (``t`` a (B,) tensor of 0-based timesteps: long on the schedule's grid, or
+float between its points, see :mod:`.schedule`) to its estimates ``(x0_hat, eps_hat)`` of the clean image and
+the noise; conditioning, guidance and clipping live inside it, so a sampler is only the schedule's
+arithmetic. DDPM and DDIM draw their noise from ``generator`` in the same order (one normal draw per step,
+none on the last), which makes DDIM with every step and ``eta = 1`` reproduce DDPM's trajectory exactly.
+
+The few-step ODE samplers (DPM-Solver++ 2M, Heun) solve the probability-flow ODE in the variance-exploding
+view of the same process, ``x_ve = x_t / sqrt(abar_t) = x_0 + sigma eps`` with
+``sigma = sqrt((1 - abar_t) / abar_t)``, whose denoiser ``D(x_ve, sigma)`` is the model's ``x0_hat`` at
+``x_t = x_ve / sqrt(1 + sigma^2)`` and the (float) timestep of ``sigma``. They step through Karras et al.'s
+noise levels and start from the same ``x_t = noise`` at t = T-1 as DDPM and DDIM, so one noise gives
+comparable images across samplers; at sigma = 0 both views are the data x_0.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -74,4 +82,76 @@ def ddim_sample(denoiser: Denoiser, schedule: NoiseSchedule, noise: Tensor, *, s
     return x
 
 
-SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample}
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> Tensor:
+    """Karras et al.'s (EDM) ``steps`` noise levels from ``sigma_max`` down to ``sigma_min``, evenly spaced in
+    ``sigma^(1/rho)``, then 0 appended (``steps + 1`` values, float64; one step is ``[sigma_max, 0]``)."""
+    if steps < 1:
+        raise ConfigurationError(f"steps must be >= 1, got {steps}")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    low, high = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (high + ramp * (low - high)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+VEDenoiser = Callable[[Tensor, float], Tensor]
+
+
+def ve_denoiser(denoiser: Denoiser, schedule: NoiseSchedule) -> VEDenoiser:
+    """``D(x_ve, sigma)``: the denoiser's ``x0_hat`` at ``x_t = x_ve / sqrt(1 + sigma^2)`` and the float
+    timestep of ``sigma``."""
+
+    def denoise(x: Tensor, sigma: float) -> Tensor:
+        sigmas = torch.full((x.shape[0],), sigma, dtype=torch.float64, device=x.device)
+        x0, _ = denoiser(x / math.sqrt(1 + sigma**2), schedule.timestep_from_sigma(sigmas))
+        return x0
+
+    return denoise
+
+
+def _ve_start(schedule: NoiseSchedule, noise: Tensor, steps: int) -> tuple[Tensor, list[float]]:
+    """The Karras levels spanning the schedule's sigmas, and ``x_t = noise`` at t = T-1 in the VE view."""
+    levels = schedule.sigmas()
+    sigmas = karras_sigmas(levels[0].item(), levels[-1].item(), steps).tolist()
+    return noise * math.sqrt(1 + sigmas[0] ** 2), sigmas
+
+
+def dpmpp_2m_sample(denoiser: Denoiser, schedule: NoiseSchedule, noise: Tensor, *, steps: int = 20,
+                    generator: RandomSource = None) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022): the multistep second-order data-prediction solver in
+    ``lambda = -log sigma`` on ``steps`` Karras levels; first order (DDIM's step) on the first step and on
+    the last one to sigma = 0. ``steps`` network evaluations; deterministic given the noise (``generator``
+    is unused)."""
+    x, sigmas = _ve_start(schedule, noise, steps)
+    denoise = ve_denoiser(denoiser, schedule)
+    previous = None
+    for i in range(steps - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = denoise(x, sigma)
+        h = math.log(sigma / sigma_next)
+        estimate = x0
+        if previous is not None:
+            # x0 extrapolated linearly in lambda from the last two evaluations (r = h_last / h)
+            r = math.log(sigmas[i - 1] / sigma) / h
+            estimate = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous
+        x = (sigma_next / sigma) * x - math.expm1(-h) * estimate
+        previous = x0
+    return denoise(x, sigmas[-2])  # the first-order step to sigma = 0 lands on D
+
+
+def heun_sample(denoiser: Denoiser, schedule: NoiseSchedule, noise: Tensor, *, steps: int = 10,
+                generator: RandomSource = None) -> Tensor:
+    """Heun's second-order method on ``dx/dsigma = (x - D(x, sigma)) / sigma`` over ``steps`` Karras levels
+    (Karras et al. 2022, Algorithm 1 without churn); the last step to sigma = 0 is Euler's, which lands on
+    ``D``. ``2 * steps - 1`` network evaluations; deterministic given the noise (``generator`` is unused)."""
+    x, sigmas = _ve_start(schedule, noise, steps)
+    denoise = ve_denoiser(denoiser, schedule)
+    for i in range(steps - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        slope = (x - denoise(x, sigma)) / sigma
+        euler = x + (sigma_next - sigma) * slope
+        slope_next = (euler - denoise(euler, sigma_next)) / sigma_next
+        x = x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
+    return denoise(x, sigmas[-2])  # Euler's step to sigma = 0 lands on D
+
+
+SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpmpp_2m": dpmpp_2m_sample, "heun": heun_sample}

@@ -11,6 +11,11 @@ buffers and cast to the input's dtype on use, so likelihood terms can be compute
 A network's output is one of three equivalent parameterizations of the denoised image, converted here:
 ``eps`` (the noise), ``x0`` (the clean image) and ``v = sqrt(abar) eps - sqrt(1 - abar) x0``
 (Salimans & Ho 2022).
+
+Every coefficient that depends only on ``abar_t`` also takes a floating-point ``t``: the continuous-time view
+of the schedule, whose log-SNR ``lambda_t = log(abar_t / (1 - abar_t))`` is linear between integer timesteps
+(``abar_t = sigmoid(lambda_t)``), which is what the ODE samplers step through. Integer-valued timesteps give
+the table's values exactly, long or float.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class NoiseSchedule(nn.Module):
             "beta_log_variance": torch.log(torch.cat([posterior_variance[1:2], betas[1:]])),
             "posterior_coef_x0": betas * abar_prev.sqrt() / (1 - abar),
             "posterior_coef_xt": (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar),
+            "log_snr": abar.log() - torch.log1p(-abar),
         }
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
@@ -92,15 +98,54 @@ class NoiseSchedule(nn.Module):
         """``buffer[t]`` shaped to broadcast against ``like`` (B, ...), in ``like``'s dtype."""
         return buffer[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
+    def _continuous(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(abar_t, 1 - abar_t)`` at float ``t`` (clamped to [0, T-1]) from the piecewise-linear log-SNR,
+        shaped and cast as :meth:`_at`; integer-valued ``t`` read the table, so the view agrees with it."""
+        t = t.to(torch.float64).clamp(0, self.num_timesteps - 1)
+        lo = t.floor().long()
+        hi = (lo + 1).clamp(max=self.num_timesteps - 1)
+        frac = t - lo
+        log_snr = self.log_snr[lo] + frac * (self.log_snr[hi] - self.log_snr[lo])
+        on_grid = frac == 0
+        abar = self.alphas_cumprod[lo]
+        # sigmoid(-lambda) rather than 1 - sigmoid(lambda): the noise level stays accurate where abar ~ 1
+        signal2 = torch.where(on_grid, abar, torch.sigmoid(log_snr))
+        noise2 = torch.where(on_grid, 1 - abar, torch.sigmoid(-log_snr))
+        shape = (-1, *([1] * (like.dim() - 1)))
+        return signal2.to(like.dtype).view(shape), noise2.to(like.dtype).view(shape)
+
     def alpha_bar(self, t: Tensor, like: Tensor) -> Tensor:
-        """``abar_t`` per example, with ``abar_{-1} = 1`` (DDIM's final step lands on x_0)."""
+        """``abar_t`` per example, with ``abar_{-1} = 1`` for long ``t`` (DDIM's final step lands on x_0);
+        float ``t`` is the continuous-time view (see the module docstring), clamped to [0, T-1]."""
+        if t.is_floating_point():
+            return self._continuous(t, like)[0]
         padded = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])
         return self._at(padded, t + 1, like)
 
     def signal_and_noise_scales(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """``(sqrt(abar_t), sqrt(1 - abar_t))``: x_t = signal * x_0 + noise * eps."""
+        if t.is_floating_point():
+            signal2, noise2 = self._continuous(t, like)
+            return signal2.sqrt(), noise2.sqrt()
         signal = self._at(self.sqrt_alphas_cumprod, t, like)
         return signal, self._at(self.sqrt_one_minus_alphas_cumprod, t, like)
+
+    # ------------------------------------------------------------------ variance-exploding view
+    def sigmas(self) -> Tensor:
+        """The VE noise levels ``sigma_t = sqrt((1 - abar_t) / abar_t)`` for t = 0..T-1, increasing, float64
+        (``x_ve = x_t / sqrt(abar_t) = x_0 + sigma_t eps``)."""
+        return (-0.5 * self.log_snr).exp()
+
+    def timestep_from_sigma(self, sigma: Tensor) -> Tensor:
+        """The float timesteps of VE noise levels ``sigma``: the piecewise-linear log-SNR inverted at
+        ``lambda = -2 log sigma``, clamped to [0, T-1] (sigma = 0 gives t = 0)."""
+        increasing = self.log_snr.flip(0)  # lambda falls with t; searchsorted wants it rising
+        top = len(increasing) - 1
+        log_snr = -2 * torch.as_tensor(sigma, dtype=torch.float64, device=increasing.device).log()
+        log_snr = log_snr.clamp(increasing[0], increasing[top])
+        hi = torch.searchsorted(increasing, log_snr).clamp(1, top)
+        frac = (log_snr - increasing[hi - 1]) / (increasing[hi] - increasing[hi - 1])
+        return top - (hi - 1 + frac)
 
     # ------------------------------------------------------------------ forward process
     def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
