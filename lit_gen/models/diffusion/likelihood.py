@@ -14,6 +14,7 @@ discrete data and the bound needs no dequantization term. Each KL term is evalua
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,8 @@ from torch.special import log_ndtr
 
 from lit_gen.core.seeds import ExampleGenerators, RandomSource
 from lit_gen.errors import ConfigurationError
-from lit_gen.models.diffusion.samplers import Denoiser
+from lit_gen.integrate.likelihood import ODELikelihood, standard_normal_log_prob
+from lit_gen.models.diffusion.samplers import Denoiser, VEDenoiser
 from lit_gen.models.diffusion.schedule import ModelVariance, NoiseSchedule
 
 
@@ -173,3 +175,28 @@ def variational_bound(denoiser: Denoiser, schedule: NoiseSchedule, x0: Tensor, n
         decoder += torch.where(is_decoder, weighted, 0.0).sum(0)
         diffusion += torch.where(is_decoder, 0.0, weighted).sum(0)
     return VLBTerms(prior_kl(schedule, x0), decoder, diffusion, len(timesteps))
+
+
+def probability_flow_log_density(denoise: VEDenoiser, schedule: NoiseSchedule, y: Tensor, ode: ODELikelihood,
+                                 generator: RandomSource = None) -> tuple[Tensor, int]:
+    """``log p(y)`` per example (float64) of points ``y`` in [-1, 1]^D under the probability-flow ODE, and
+    the network evaluations it took (Song et al. 2021, in the variance-exploding view of the schedule).
+
+    In ``x = x_t / sqrt(abar_t) = x_0 + sigma eps`` the ODE is ``dx / dsigma = (x - D(x, sigma)) / sigma``;
+    integrated in ``s = log sigma`` it is ``dx / ds = x - D(x, e^s)``, smooth across the schedule's four
+    decades of sigma. ``y`` is taken as the point at the smallest noise level ``sigma_0`` (the density is that
+    of the model's marginal there) and carried to ``sigma_{T-1}``, where the prior ``x_t ~ N(0, I)`` is
+    ``N(0, (1 + sigma^2) I)`` in these coordinates; the instantaneous change of variables adds the
+    divergence along the way.
+    """
+    levels = schedule.sigmas()
+    sigma_min, sigma_max = levels[0].item(), levels[-1].item()
+
+    def velocity(x: Tensor, s: Tensor) -> Tensor:
+        return x - denoise(x, math.exp(float(s)))
+
+    change = ode.change(velocity, y.double(), math.log(sigma_min), math.log(sigma_max), generator)
+    variance = 1.0 + sigma_max**2
+    dims = y[0].numel()
+    log_prior = standard_normal_log_prob(change.z / math.sqrt(variance)) - 0.5 * dims * math.log(variance)
+    return log_prior + change.delta, change.nfe

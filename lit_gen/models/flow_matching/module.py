@@ -38,10 +38,9 @@ from lit_gen.core.levels import dequantize, from_levels, from_signed, to_signed
 from lit_gen.core.likelihood import NLL, discrete_nll_from_density
 from lit_gen.core.runtime import qualified_name
 from lit_gen.core.seeds import RandomSource
-from lit_gen.errors import ConfigurationError, check_sizes
-from lit_gen.integrate.divergence import rademacher_probes
-from lit_gen.integrate.likelihood import log_density_change, standard_normal_log_prob
-from lit_gen.integrate.ode import FIXED_STEP_SOLVERS, check_solver_options, solve
+from lit_gen.errors import ConfigurationError
+from lit_gen.integrate.likelihood import ODELikelihood, standard_normal_log_prob
+from lit_gen.integrate.ode import check_solver_options, solve
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.flow_matching.paths import path_from_name
 from lit_gen.nn.cads import CADS, cads_from_options, check_cads_backbone
@@ -106,28 +105,15 @@ class FlowMatching(GenerativeModule):
             self.hparams["backbone"] = describe_factory(self.hparams["backbone"])
         if not 0.0 <= label_dropout < 1.0:
             raise ConfigurationError(f"label_dropout must be in [0, 1), got {label_dropout}")
-        if likelihood_divergence not in ("exact", "hutchinson", "auto"):
-            raise ConfigurationError("likelihood_divergence must be 'exact', 'hutchinson' or 'auto', "
-                                     f"got {likelihood_divergence!r}")
         if val_likelihood not in ("full", "skip"):
             raise ConfigurationError(f"val_likelihood must be 'full' or 'skip', got {val_likelihood!r}")
-        check_solver_options(likelihood_solver, likelihood_steps, likelihood_rtol, likelihood_atol)
-        check_sizes(type(self).__name__, hutchinson_probes=hutchinson_probes,
-                    exact_divergence_max_dims=exact_divergence_max_dims)
         self.path = path_from_name(path)
         self.label_dropout = label_dropout
-        self.likelihood_solver, self.likelihood_steps = likelihood_solver, likelihood_steps
-        self.likelihood_rtol, self.likelihood_atol = likelihood_rtol, likelihood_atol
-        if likelihood_divergence == "auto":
-            likelihood_divergence = "exact" if self.num_dims <= exact_divergence_max_dims else "hutchinson"
-        self.divergence = likelihood_divergence
-        self.hutchinson_probes = hutchinson_probes
-        # The instance's kind: an exact trace gives the dequantized density (a bound on discrete data, the
-        # density itself on continuous data), probes an estimate.
-        if self.divergence == "hutchinson":
-            self.likelihood_kind = "estimate"
-        else:
-            self.likelihood_kind = "exact" if self.num_levels is None else "bound"
+        self.ode = ODELikelihood(likelihood_solver, likelihood_steps, likelihood_rtol, likelihood_atol,
+                                 likelihood_divergence, hutchinson_probes,
+                                 exact_divergence_max_dims).for_dims(self.num_dims)
+        self.divergence = self.ode.divergence
+        self.likelihood_kind = self.ode.kind(self.num_levels)  # the instance's kind
         self.val_likelihood = val_likelihood
         self.backbone = backbone(tuple(self.data_shape), self.num_classes if self.conditional else None)
         self.sampler_options(**self.sample_kwargs)  # the knobs' names were checked by the base class
@@ -216,13 +202,8 @@ class FlowMatching(GenerativeModule):
     def log_density(self, x1: Tensor, labels: Tensor | None = None,
                     generator: RandomSource = None) -> Tensor:
         """log p(x1) per example (float64) of points x1 in [-1, 1]^D, by the ODE from t = 1 to t = 0."""
-        probes = None
         state = x1.double()  # the solver's state and tolerances in float64; the network runs in its own dtype
-        if self.divergence == "hutchinson":
-            probes = rademacher_probes(self.hutchinson_probes, state, generator)
-        change = log_density_change(self.velocity(labels), state, 1.0, 0.0, probes=probes,
-                                    solver=self.likelihood_solver, steps=self.likelihood_steps,
-                                    rtol=self.likelihood_rtol, atol=self.likelihood_atol)
+        change = self.ode.change(self.velocity(labels), state, 1.0, 0.0, generator)
         self.last_likelihood_nfe = change.nfe
         return standard_normal_log_prob(change.z) + change.delta
 
@@ -238,15 +219,7 @@ class FlowMatching(GenerativeModule):
 
     def likelihood_details(self, name: str) -> dict[str, Any]:
         """How the likelihood was computed, recorded beside every likelihood metric in metrics.json."""
-        details: dict[str, Any] = {"path": self.path.name, "solver": self.likelihood_solver,
-                                   "divergence": self.divergence}
-        if self.likelihood_solver in FIXED_STEP_SOLVERS:
-            details["steps"] = self.likelihood_steps
-        else:
-            details.update(rtol=self.likelihood_rtol, atol=self.likelihood_atol)
-        if self.divergence == "hutchinson":
-            details["hutchinson_probes"] = self.hutchinson_probes
-        return details
+        return {"path": self.path.name, **self.ode.details()}
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """The base's step with ``val_likelihood: full``; the loss alone with ``skip`` (an ODE solve with

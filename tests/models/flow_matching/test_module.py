@@ -187,7 +187,7 @@ def test_the_divergence_and_the_kind_follow_the_dimension():
     ({"path": "curved"}, "path must be one of straight, vp, got 'curved'"),
     ({"label_dropout": 1.0}, "label_dropout must be in [0, 1)"),
     ({"likelihood_solver": "rk5"}, "solver must be one of"),
-    ({"likelihood_divergence": "trace"}, "likelihood_divergence must be"),
+    ({"likelihood_divergence": "trace"}, "divergence must be one of exact, hutchinson, auto, got .trace."),
     ({"hutchinson_probes": 0}, "hutchinson_probes"),
     ({"sample_kwargs": {"steps": 0}}, "steps must be a positive integer, got 0"),
     ({"sample_kwargs": {"guidance_scale": 2.0}}, "guidance_scale needs a conditional model"),
