@@ -29,12 +29,12 @@ import torch
 from bench_common import cpu_model, lit_gen_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion")
+FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion", "flow_matching")
 # The seed survey's columns that are properties of the family, not measurements.
 OBJECTIVE = {
     "vae": "ELBO", "autoregressive": "exact log-likelihood", "flow": "exact log-likelihood (change of variables)",
     "ebm": "contrastive divergence (Langevin)", "gan": "adversarial", "diffusion": "denoising (weighted VLB)",
-    "baseline": "per-pixel histogram",
+    "flow_matching": "velocity regression (ODE)", "baseline": "per-pixel histogram",
 }
 
 
@@ -74,8 +74,8 @@ def run_family(family: str, dataset: str, out: Path, minutes: float, common: lis
     final = run / "checkpoints" / "final.ckpt"
     fitted.trainer.save_checkpoint(final)
     lit_gen_cli(["test", "--config", config, *logger, *common, *evaluation, f"--ckpt_path={final}"])
-    report = json.loads(newest(out / "runs" / family, "version_*/metrics.json").read_text())
-    grid = newest(out / "runs" / family, "version_*/samples/test_*.png")
+    report = json.loads(newest(out / "runs" / family, "version_*/eval/*/metrics.json").read_text())
+    grid = newest(out / "runs" / family, "version_*/eval/*/test_*.png")
     return {"family": family, "model": report["model"].rsplit(".", 1)[-1], "params": params,
             "train_seconds": train_seconds, "steps": steps, "epochs": epochs, "metrics": report["metrics"],
             "grid": str(grid)}
@@ -92,8 +92,8 @@ def run_baseline(dataset: str, out: Path, common: list[str], evaluation: list[st
     model = built.model.fit_counts(built.datamodule.train_dataloader())
     train_seconds = time.perf_counter() - start
     built.trainer.test(model, datamodule=built.datamodule)
-    report = json.loads(newest(out / "runs" / "baseline", "version_*/metrics.json").read_text())
-    grid = newest(out / "runs" / "baseline", "version_*/samples/test_*.png")
+    report = json.loads(newest(out / "runs" / "baseline", "version_*/eval/*/metrics.json").read_text())
+    grid = newest(out / "runs" / "baseline", "version_*/eval/*/test_*.png")
     return {"family": "baseline", "model": "FactorizedCategorical", "params": sum(p.numel() for p in model.parameters()),
             "train_seconds": train_seconds, "steps": 0, "epochs": 1, "metrics": report["metrics"], "grid": str(grid)}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -99,6 +100,18 @@ def qualified_name(obj: Any) -> str:
     """``module.QualName`` of an object's class (or of a class)."""
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def describe_factory(factory: Any) -> Any:
+    """A plain-data record of a network factory for hyperparameters (checkpoints stay weights-only loadable).
+
+    Under the CLI the factory arrives as its config already; built in Python it is a class or a partial.
+    """
+    if isinstance(factory, type):
+        return {"class_path": qualified_name(factory)}
+    if isinstance(factory, functools.partial) and isinstance(factory.func, type):
+        return {"class_path": qualified_name(factory.func), "init_args": dict(factory.keywords)}
+    return factory if isinstance(factory, (dict, str)) else repr(factory)
 
 
 def cache_dir() -> Path:

@@ -177,6 +177,16 @@ class GenerativeModule(L.LightningModule):
             return None
         return require_labels(type(self).__name__, labels).long()
 
+    def tiled_labels(self, labels: Tensor | None, batch: int) -> Tensor | None:
+        """:meth:`model_labels` for a batch of ``batch`` examples on this module's device, repeated when the
+        batch holds several copies of the labelled examples (guidance's doubled batch)."""
+        labels = self.model_labels(labels)
+        if labels is None:
+            return None
+        if batch % labels.shape[0]:
+            raise ValueError(f"{labels.shape[0]} labels do not tile a batch of {batch}")
+        return labels.to(self.device).repeat(batch // labels.shape[0])
+
     def check_unconditional(self) -> None:
         """For families with no conditional variant: refuse ``conditional: true`` when the model is built."""
         if self.conditional:

@@ -20,7 +20,6 @@ during training (the "no label" class), which enables classifier-free guidance a
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, Literal
@@ -31,7 +30,7 @@ from torch import Tensor, nn
 from lit_gen.core import seeds
 from lit_gen.core.levels import dequantize, from_signed, to_signed
 from lit_gen.core.likelihood import NLL, discrete_nll_from_density
-from lit_gen.core.runtime import qualified_name
+from lit_gen.core.runtime import describe_factory
 from lit_gen.core.seeds import RandomSource
 from lit_gen.errors import ConfigurationError, check_sizes
 from lit_gen.integrate.likelihood import ODELikelihood
@@ -50,18 +49,6 @@ from lit_gen.nn.unet import UNet
 
 #: Builds the denoising network from the data's shape and the number of classes (None: unconditional).
 BackboneFactory = Callable[[tuple[int, ...], int | None], nn.Module]
-
-
-def describe_factory(factory: Any) -> Any:
-    """A plain-data record of a backbone factory for hyperparameters (checkpoints stay weights-only loadable).
-
-    Under the CLI the factory arrives as its config already; built in Python it is a class or a partial.
-    """
-    if isinstance(factory, type):
-        return {"class_path": qualified_name(factory)}
-    if isinstance(factory, functools.partial) and isinstance(factory.func, type):
-        return {"class_path": qualified_name(factory.func), "init_args": dict(factory.keywords)}
-    return factory if isinstance(factory, (dict, str)) else repr(factory)
 
 
 class Diffusion(GenerativeModule):
@@ -171,15 +158,6 @@ class Diffusion(GenerativeModule):
         """Timesteps rescaled to [0, 1000), so the backbone's embedding does not depend on T."""
         return t.float() * (1000.0 / self.num_timesteps)
 
-    def _labels_for(self, labels: Tensor | None, batch: int) -> Tensor | None:
-        """Labels for a batch of ``batch`` images, repeating them when the batch holds several copies."""
-        labels = self.model_labels(labels)
-        if labels is None:
-            return None
-        if batch % labels.shape[0]:
-            raise ValueError(f"{labels.shape[0]} labels do not tile a batch of {batch}")
-        return labels.repeat(batch // labels.shape[0])
-
     def denoiser(self, labels: Tensor | None = None, guidance_scale: float = 1.0, clip: bool | None = None,
                  cads: CADS | None = None, generator: RandomSource = None) -> Denoiser:
         """The sampler-facing ``(x_t, t) -> (x0_hat, eps_hat)`` of this model, with guidance and clipping.
@@ -205,7 +183,7 @@ class Diffusion(GenerativeModule):
             return self.backbone(xt, self._time(t), lab, condition_transform=transform)
 
         def denoise(xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-            lab = self._labels_for(labels, xt.shape[0])
+            lab = self.tiled_labels(labels, xt.shape[0])
             if guided and guidance_scale == 0.0:
                 out = network(xt, t, torch.full_like(lab, self.num_classes))
             elif guided:
@@ -230,7 +208,7 @@ class Diffusion(GenerativeModule):
         t = seeds.randint(0, self.num_timesteps, (batch,), device=x0.device, generator=generator)
         noise = seeds.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         xt = self.schedule.q_sample(x0, t, noise)
-        lab = self._labels_for(labels, batch)
+        lab = self.tiled_labels(labels, batch)
         if lab is not None and self.training and self.label_dropout > 0:
             drop = seeds.rand((batch,), device=x0.device, generator=generator) < self.label_dropout
             lab = torch.where(drop, torch.full_like(lab, self.num_classes), lab)
@@ -396,4 +374,4 @@ class Diffusion(GenerativeModule):
         return self.snap_to_levels(x)
 
 
-__all__ = ["BackboneFactory", "Diffusion", "describe_factory"]
+__all__ = ["BackboneFactory", "Diffusion"]

@@ -25,7 +25,6 @@ Conditional models drop labels with probability ``label_dropout`` in training (t
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, Literal
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 from lit_gen.core import seeds
 from lit_gen.core.levels import dequantize, from_levels, from_signed, to_signed
 from lit_gen.core.likelihood import NLL, discrete_nll_from_density
-from lit_gen.core.runtime import qualified_name
+from lit_gen.core.runtime import describe_factory
 from lit_gen.core.seeds import RandomSource
 from lit_gen.errors import ConfigurationError
 from lit_gen.integrate.likelihood import ODELikelihood, standard_normal_log_prob
@@ -51,15 +50,6 @@ from lit_gen.nn.unet import ConditionTransform, UNet
 BackboneFactory = Callable[[tuple[int, ...], int | None], nn.Module]
 #: The backbone sees time in [0, 1000], the range of the diffusion U-Net's sinusoidal embedding.
 TIME_SCALE = 1000.0
-
-
-def describe_factory(factory: Any) -> Any:
-    """A plain-data record of a backbone factory for hyperparameters (checkpoints stay weights-only loadable)."""
-    if isinstance(factory, type):
-        return {"class_path": qualified_name(factory)}
-    if isinstance(factory, functools.partial) and isinstance(factory.func, type):
-        return {"class_path": qualified_name(factory.func), "init_args": dict(factory.keywords)}
-    return factory if isinstance(factory, (dict, str)) else repr(factory)
 
 
 class FlowMatching(GenerativeModule):
@@ -125,14 +115,6 @@ class FlowMatching(GenerativeModule):
         tensor = next(iter([*self.backbone.parameters(), *self.backbone.buffers()]), None)
         return torch.float32 if tensor is None else tensor.dtype
 
-    def _labels_for(self, labels: Tensor | None, batch: int) -> Tensor | None:
-        labels = self.model_labels(labels)
-        if labels is None:
-            return None
-        if batch % labels.shape[0]:
-            raise ValueError(f"{labels.shape[0]} labels do not tile a batch of {batch}")
-        return labels.to(self.device).repeat(batch // labels.shape[0])
-
     def network(self, x: Tensor, t: Tensor, labels: Tensor | None,
                 condition_transform: ConditionTransform | None = None) -> Tensor:
         """The backbone's velocity at ``x`` (any float dtype) and time ``t`` (0-dim or (B,)), in x's dtype."""
@@ -149,7 +131,7 @@ class FlowMatching(GenerativeModule):
         annealed = cads is not None and cads.active and self.conditional and guidance_scale != 0.0
 
         def field(x: Tensor, t: Tensor) -> Tensor:
-            lab = self._labels_for(labels, x.shape[0])
+            lab = self.tiled_labels(labels, x.shape[0])
             transform = None
             if annealed:
                 batch = x.shape[0]
@@ -190,7 +172,7 @@ class FlowMatching(GenerativeModule):
         batch = x1.shape[0]
         t = seeds.rand((batch,), generator=generator, device=x1.device, dtype=x1.dtype)
         x0 = seeds.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
-        lab = self._labels_for(labels, batch)
+        lab = self.tiled_labels(labels, batch)
         if lab is not None and self.training and self.label_dropout > 0:
             drop = seeds.rand((batch,), generator=generator, device=x1.device) < self.label_dropout
             lab = torch.where(drop, torch.full_like(lab, self.num_classes), lab)
@@ -307,4 +289,4 @@ class FlowMatching(GenerativeModule):
                                    atol=atol, guidance_scale=guidance_scale, **cads)
 
 
-__all__ = ["BackboneFactory", "FlowMatching", "TIME_SCALE", "describe_factory"]
+__all__ = ["BackboneFactory", "FlowMatching", "TIME_SCALE"]
