@@ -27,7 +27,7 @@ TINY_VAE = ["--model.init_args.channels=8", "--model.init_args.latent_dim=4", "-
 EMA = """
 trainer:
   callbacks:
-    - class_path: lightning.pytorch.callbacks.EMAWeightAveraging
+    - class_path: lit_gen.averaging.EMAWeightAveraging
       init_args: {decay: 0.5}
 """
 

@@ -307,8 +307,8 @@ def checkpoints(tmp_path_factory):
     def get(family: str) -> tuple[list[str], str]:
         if family not in made:
             config, tiny = TINY_FAMILIES[family]
-            base = ["--config", str(config), *tiny, *FAMILY_ARGS[family], "--data.init_args.test_size=70",
-                    "--trainer.callbacks=[]"]  # no EMA: ddp_spawn cannot pickle it (tests/test_scaling.py)
+            # the configs' own callbacks, EMA included (lit-gen's EMA can be pickled for ddp_spawn)
+            base = ["--config", str(config), *tiny, *FAMILY_ARGS[family], "--data.init_args.test_size=70"]
             root = tmp_path_factory.mktemp(f"fit_{family}")
             assert run_cli(["fit", *base, *quiet_trainer_args(root, "fit"), "--evaluation.every_n_epochs=0",
                             "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",

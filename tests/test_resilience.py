@@ -25,7 +25,7 @@ SHORT = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--
 EMA_FROM_STEP_1 = """
 trainer:
   callbacks:
-    - class_path: lightning.pytorch.callbacks.EMAWeightAveraging
+    - class_path: lit_gen.averaging.EMAWeightAveraging
       init_args: {decay: 0.9, update_starting_at_step: 1}
 """
 

@@ -183,7 +183,7 @@ def test_deep_copy_of_a_cli_built_model_shares_its_factories_and_copies_no_data(
 # ------------------------------------------------------------------ every shipped config, 1 and 2 processes
 CONFIGS = shipped_configs()
 DDP_CPU_CONFIG = str(TRAINER_CONFIGS / "ddp_cpu.yaml")
-EMA = "lightning.pytorch.callbacks.EMAWeightAveraging"
+EMA = "lit_gen.averaging.EMAWeightAveraging"
 EMA_CONFIG = ROOT / "configs" / "diffusion" / "digits.yaml"
 # 104 steps: the config's EMA starts at step 100 (a copy), then averages 3 more steps into it.
 EMA_STEPS = ["--trainer.limit_train_batches=104"]
@@ -381,14 +381,30 @@ def test_two_process_predict_of_fewer_chunks_than_processes(two_process_runs, fa
 
 
 # ------------------------------------------------------------------ ddp_spawn
-def test_ddp_spawn_with_an_ema_config_is_a_one_line_error(tmp_path, capsys):
-    """ddp_spawn pickles the trainer into its processes and Lightning's EMAWeightAveraging cannot be pickled:
+LIGHTNING_EMA = """
+trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.EMAWeightAveraging
+"""
+
+
+def test_ddp_spawn_runs_lit_gens_ema_and_refuses_lightnings_own_in_one_line(tmp_path, capsys):
+    """ddp_spawn pickles the trainer into its processes: lit-gen's EMAWeightAveraging (every shipped EMA
+    config's) can be pickled and the run fits; Lightning's own holds a local function and cannot, which is
     refused before any process starts, pointing to ddp."""
     config, tiny = TINY_FAMILIES["diffusion"]
-    code = run_cli(["fit", "--config", str(config), *tiny, *quiet_trainer_args(tmp_path), *DDP_CPU])
+    steps = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--evaluation.every_n_epochs=0"]
+    assert run_cli(["fit", "--config", str(config), *tiny, *quiet_trainer_args(tmp_path / "ours"), *DDP_CPU,
+                    *steps]) == 0
+    assert list((tmp_path / "ours").rglob("last.ckpt"))
+    capsys.readouterr()
+    lightning_ema = tmp_path / "lightning_ema.yaml"
+    lightning_ema.write_text(LIGHTNING_EMA)
+    code = run_cli(["fit", "--config", str(config), "--config", str(lightning_ema), *tiny,
+                    *quiet_trainer_args(tmp_path / "theirs"), *DDP_CPU, *steps])
     err = capsys.readouterr().err
     assert code == 1
     lines = [line for line in err.splitlines() if line.startswith("lit-gen: error:")]
     assert len(lines) == 1 and "EMAWeightAveraging cannot be pickled" in lines[0]
     assert "--trainer.strategy=ddp" in lines[0] and "Traceback" not in err
-    assert not list(tmp_path.rglob("*.ckpt"))
+    assert not list((tmp_path / "theirs").rglob("*.ckpt"))
