@@ -52,7 +52,12 @@ MODEL_TINY: dict[str, dict[str, Any]] = {
     "FlowMatching": {"backbone.init_args.channels": 8, "likelihood_solver": "euler", "likelihood_steps": 2},
     "VQVAE": {"num_codes": 8, "code_dim": 4, "channels": 8, "num_mixtures": 2, "restart_every": 1},
     "VQVAEPixelCNN": {"channels": 4, "num_layers": 2, "head_channels": 8},
+    "Autoencoder": {"latent_channels": 2, "channels": 8, "num_mixtures": 2},
+    "LatentDiffusion": {"latent_model.init_args.num_timesteps": 10,
+                        "latent_model.init_args.backbone.init_args.channels": 8},
 }
+# A second stage's first stage: the class tiny_first_stage writes for it.
+FIRST_STAGES = {"VQVAEPixelCNN": "VQVAE", "LatentDiffusion": "Autoencoder"}
 SAMPLER_STEPS = {"Diffusion": 5, "EBM": 2, "FlowMatching": 2}  # sample_kwargs' steps, when the config sets them
 PER_PROCESS_BATCH = 4
 FAKE_SPLIT = 8  # examples in the fake test / validation splits: one batch on each of 2 processes
@@ -95,8 +100,9 @@ def tiny_args(config: Path, data_root: Path) -> list[str]:
         sample_kwargs["steps"] = SAMPLER_STEPS[model_class.__name__]
         args.append(f"--model.init_args.sample_kwargs={json.dumps(sample_kwargs)}")
     data = cfg["data"]["class_path"].rsplit(".", 1)[1]
-    if model_class.__name__ == "VQVAEPixelCNN":  # a second stage: a tiny first stage of its data's shape
-        args.append(f"--model.init_args.first_stage={tiny_first_stage(data, data_root)}")
+    if model_class.__name__ in FIRST_STAGES:  # a second stage: a tiny first stage of its data's shape
+        first_stage = tiny_first_stage(data, data_root, FIRST_STAGES[model_class.__name__])
+        args.append(f"--model.init_args.first_stage={first_stage}")
     # Two chunks of predictions: one for each of 2 processes, and the same two in one process.
     args += [f"--data.init_args.batch_size={PER_PROCESS_BATCH}",
              f"--data.init_args.eval_batch_size={PER_PROCESS_BATCH}",
@@ -116,19 +122,20 @@ def tiny_args(config: Path, data_root: Path) -> list[str]:
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
-def tiny_first_stage(data: str, data_root: Path) -> Path:
-    """A second stage's first stage for the datamodule ``data``: a tiny, untrained VQVAE of its data's shape,
-    written once under ``data_root`` (seeded: the same file for the 2-process and the 1-process runs)."""
-    from lit_gen.models.latent import VQVAE
+def tiny_first_stage(data: str, data_root: Path, kind: str = "VQVAE") -> Path:
+    """A second stage's first stage for the datamodule ``data``: a tiny, untrained ``kind`` (VQVAE or
+    Autoencoder) of its data's shape, written once under ``data_root`` (seeded: the same file for the
+    2-process and the 1-process runs)."""
+    from lit_gen.models import latent
     from tests.models.latent.helpers import save_first_stage
 
-    path = data_root / "first_stage" / f"{data}.ckpt"
+    path = data_root / "first_stage" / (f"{data}.ckpt" if kind == "VQVAE" else f"{kind}-{data}.ckpt")
     if not path.is_file():
         shape, levels, downsamples = ((1, 8, 8), 17, 1) if data == "DigitsDataModule" else ((1, 28, 28), 256, 2)
         with torch.random.fork_rng():  # the caller's random stream is left as it was
             torch.manual_seed(0)
-            save_first_stage(VQVAE(data_shape=shape, num_levels=levels, num_classes=10,
-                                   num_downsamples=downsamples, **MODEL_TINY["VQVAE"]), path)
+            save_first_stage(getattr(latent, kind)(data_shape=shape, num_levels=levels, num_classes=10,
+                                                   num_downsamples=downsamples, **MODEL_TINY[kind]), path)
     return path
 
 

@@ -29,7 +29,7 @@ from lit_gen.models.factorized import FactorizedCategorical
 from lit_gen.models.flow import Glow, RealNVP
 from lit_gen.models.flow_matching import FlowMatching
 from lit_gen.models.gan import GAN
-from lit_gen.models.latent import VQVAE, VQVAEPixelCNN
+from lit_gen.models.latent import VQVAE, Autoencoder, LatentDiffusion, VQVAEPixelCNN
 from lit_gen.models.vae import VAE
 from lit_gen.nn.unet import UNet
 from tests.conftest import ROOT, quiet_trainer_args, run_cli
@@ -37,7 +37,7 @@ from tests.conftest import ROOT, quiet_trainer_args, run_cli
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 TINY_VAE = ["--model.init_args.channels=8", "--model.init_args.latent_dim=4", "--model.init_args.iwae_samples=3"]
 FAMILIES = [VAE, MADE, GatedPixelCNN, Glow, RealNVP, EBM, GAN, Diffusion, FactorizedCategorical, FlowMatching,
-            VQVAE, VQVAEPixelCNN]
+            VQVAE, VQVAEPixelCNN, Autoencoder, LatentDiffusion]
 # A first stage (VQVAE) reconstructs; it has no sampling knob a sweep could turn.
 KNOB_FAMILIES = [family for family in FAMILIES if family.sampling_knob is not None]
 DIGITS = {"data_shape": (1, 8, 8), "num_levels": 17}

@@ -362,16 +362,28 @@ class Diffusion(GenerativeModule):
                 annealing in noise level t / (T - 1), ``cads_psi`` mixes in the rescaled embedding
                 (:mod:`lit_gen.nn.cads`). Conditional models with a backbone that takes a ``condition_transform``.
         """
+        x0 = self.sample_signed(num_samples, labels=labels, generator=generator, sampler=sampler, steps=steps,
+                                eta=eta, guidance_scale=guidance_scale, cads_noise_scale=cads_noise_scale,
+                                cads_tau1=cads_tau1, cads_tau2=cads_tau2, cads_psi=cads_psi)
+        x = from_signed(x0.float().clamp(-1.0, 1.0))
+        return self.snap_to_levels(x)
+
+    @torch.no_grad()
+    def sample_signed(self, num_samples: int, *, labels: Tensor | None = None, generator: RandomSource = None,
+                      sampler: str = "ddim", steps: int | None = None, eta: float = 0.0, guidance_scale: float = 1.0,
+                      cads_noise_scale: float = 0.0, cads_tau1: float = 0.6, cads_tau2: float = 0.9,
+                      cads_psi: float = 1.0) -> Tensor:
+        """The sampler's x0 in the model's own coordinates (``2x - 1``), neither clamped to [-1, 1] nor snapped
+        to levels: :meth:`sample` before its map to data space, for a model of continuous data that reaches
+        beyond [-1, 1] (a latent space; build it with ``clip_x0=False``). The knobs are :meth:`sample`'s."""
         options = self.sampler_options(sampler, steps, eta, guidance_scale, cads_noise_scale, cads_tau1, cads_tau2,
                                        cads_psi)
         if labels is None:
             labels = self.default_labels(num_samples)
         noise = seeds.randn((num_samples, *self.data_shape), generator=generator, device=self.device)
         cads = cads_from_options(cads_noise_scale, cads_tau1, cads_tau2, cads_psi)
-        x0 = SAMPLERS[sampler](self.denoiser(labels, guidance_scale, cads=cads, generator=generator), self.schedule,
-                               noise, generator=generator, **options)
-        x = from_signed(x0.float().clamp(-1.0, 1.0))
-        return self.snap_to_levels(x)
+        return SAMPLERS[sampler](self.denoiser(labels, guidance_scale, cads=cads, generator=generator), self.schedule,
+                                 noise, generator=generator, **options)
 
 
 __all__ = ["BackboneFactory", "Diffusion"]

@@ -22,29 +22,25 @@ the first stage's weights, the dataset and its split.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_gen.core.levels import from_levels, to_levels, to_signed
 from lit_gen.core.likelihood import NLL
 from lit_gen.core.records import NATS
 from lit_gen.core.seeds import RandomSource
-from lit_gen.errors import CheckpointError, ConfigurationError, check_sizes
+from lit_gen.errors import check_sizes
 from lit_gen.models.base import GenerativeModule
 from lit_gen.models.latent import first_stage as stage_one
-from lit_gen.models.latent.first_stage import FirstStageRecord
+from lit_gen.models.latent.first_stage import FIRST_STAGE_KEY, FirstStageRecord, FrozenFirstStage
 from lit_gen.models.latent.vqvae import VQVAE
 from lit_gen.nn.distributions import CategoricalLikelihood
 from lit_gen.nn.pixelcnn import GatedPixelCNNNet, sample_raster
 
-FIRST_STAGE_KEY = "lit_gen_first_stage"
 
-
-class VQVAEPixelCNN(GenerativeModule):
+class VQVAEPixelCNN(FrozenFirstStage, GenerativeModule):
     """A frozen VQ-VAE and a Gated PixelCNN prior over its codes, class-conditional optionally.
 
     Args:
@@ -72,25 +68,12 @@ class VQVAEPixelCNN(GenerativeModule):
         super().__init__(**kwargs)
         check_sizes(type(self).__name__, channels=channels, num_layers=num_layers, kernel_size=kernel_size,
                     kernel_size_rest=kernel_size_rest, head_channels=head_channels)
-        if not first_stage:
-            raise ConfigurationError(f"{type(self).__name__}: first_stage must name the VQVAE checkpoint "
-                                     "(or its run folder) this prior is trained on")
-        self.first_stage_spec = str(first_stage)
         self.prior_args = {"channels": channels, "num_layers": num_layers, "kernel_size": kernel_size,
                            "kernel_size_rest": kernel_size_rest, "head_channels": head_channels}
-        self.first_stage: VQVAE | None = None
         self.prior: GatedPixelCNNNet | None = None
-        self.first_stage_record: FirstStageRecord | None = None
-        # Built now when the name resolves from here; else in setup (under the logger's save_dir) or from
-        # the checkpoint being loaded (test / predict / resume need only that one).
-        path = stage_one.locate(self.first_stage_spec)
-        if path is not None:
-            self.attach(*stage_one.read(path, self.expected_data()))
+        self.find_first_stage(first_stage)
 
     # ------------------------------------------------------------ the two stages
-    def expected_data(self) -> dict[str, Any]:
-        return {"data_shape": list(self.data_shape), "num_levels": self.num_levels, "num_classes": self.num_classes}
-
     def attach(self, record: FirstStageRecord, weights: dict[str, Tensor] | None) -> None:
         """Build the frozen first stage of ``record`` (with ``weights`` when given) and a prior over its codes."""
         vqvae = stage_one.build(record, weights).to(self.device)
@@ -103,14 +86,7 @@ class VQVAEPixelCNN(GenerativeModule):
         self.prior_head = CategoricalLikelihood(vqvae.num_codes)
 
     def require_stages(self) -> VQVAE:
-        if self.first_stage is None:
-            raise stage_one.not_found(self.first_stage_spec, self._save_dir())
-        return self.first_stage
-
-    def _save_dir(self) -> str | None:
-        if self._trainer is None:
-            return None
-        return getattr(self.trainer.logger, "save_dir", None) or self.trainer.default_root_dir
+        return self.require_first_stage()
 
     def codes_as_image(self, codes: Tensor) -> Tensor:
         """A code map ``(B, h, w)`` as the prior's one-channel image of K levels, ``(B, 1, h, w)`` in [0, 1]."""
@@ -154,34 +130,5 @@ class VQVAEPixelCNN(GenerativeModule):
         codes = to_levels(image, self.prior_head.num_levels)[:, 0]
         return vqvae.decode_codes(codes, generator=generator, decode=decode)
 
-    # ------------------------------------------------------------ Lightning
-    def setup(self, stage: str) -> None:
-        if self.first_stage is None:
-            path = stage_one.locate(self.first_stage_spec, self._save_dir())
-            if path is not None:
-                self.attach(*stage_one.read(path, self.expected_data()))
-        super().setup(stage)
 
-    def configure_optimizers(self) -> Any:
-        self.require_stages()
-        return super().configure_optimizers()
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[FIRST_STAGE_KEY] = self.first_stage_record.as_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Rebuild the first stage the checkpoint was trained with (its weights are in the state dict
-        loaded next), whatever ``first_stage`` names now."""
-        super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get(FIRST_STAGE_KEY)
-        if saved is None:
-            raise CheckpointError(f"checkpoint has no record of its first stage ({FIRST_STAGE_KEY})")
-        record = FirstStageRecord.from_dict(saved)
-        current = self.first_stage_record
-        if current is not None and current.digest != record.digest:
-            rank_zero_warn(f"first_stage {current.path} is not the first stage this checkpoint was trained on "
-                           f"({Path(record.path).name}); using the one inside the checkpoint")
-        if current is None or current.hyper_parameters != record.hyper_parameters:
-            self.attach(record, None)
-        self.first_stage_record = record
+__all__ = ["FIRST_STAGE_KEY", "VQVAEPixelCNN"]
