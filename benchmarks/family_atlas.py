@@ -12,6 +12,11 @@ figure with a sample grid per family (``atlas_<dataset>.png``) and ``atlas_<data
     python benchmarks/family_atlas.py --dataset fashion_mnist --minutes 4
     python benchmarks/family_atlas.py --dataset mnist --root data/mnist --minutes 10
     python benchmarks/family_atlas.py --minutes 0.2 --num 32 --families vae gan   # a smoke check
+
+The two-stage latent families (``latent_vq``: VQ-VAE then its PixelCNN prior; ``latent_diffusion``: the
+autoencoder then diffusion of its latents) spend a third of the budget on the first stage and the rest on the
+second, which is tested (its checkpoint carries the first stage); steps and parameters are the second stage's
+(its parameters include the frozen first stage's).
 """
 
 from __future__ import annotations
@@ -29,12 +34,19 @@ import torch
 from bench_common import cpu_model, lit_gen_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion", "flow_matching")
+FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion", "flow_matching", "latent_vq",
+            "latent_diffusion")
+#: Two-stage families: (first-stage config, second-stage config) under configs/latent/, and the first
+#: stage's share of the budget. The second stage is tested; it carries its first stage.
+TWO_STAGES = {"latent_vq": ("vqvae_{}.yaml", "vqvae_pixelcnn_{}.yaml"),
+              "latent_diffusion": ("autoencoder_{}.yaml", "latent_diffusion_{}.yaml")}
+FIRST_STAGE_SHARE = 1 / 3
 # The seed survey's columns that are properties of the family, not measurements.
 OBJECTIVE = {
     "vae": "ELBO", "autoregressive": "exact log-likelihood", "flow": "exact log-likelihood (change of variables)",
     "ebm": "contrastive divergence (Langevin)", "gan": "adversarial", "diffusion": "denoising (weighted VLB)",
-    "flow_matching": "velocity regression (ODE)", "baseline": "per-pixel histogram",
+    "flow_matching": "velocity regression (ODE)", "latent_vq": "VQ-VAE, then PixelCNN over codes (bound)",
+    "latent_diffusion": "autoencoder, then diffusion of latents", "baseline": "per-pixel histogram",
 }
 
 
@@ -53,11 +65,10 @@ def evaluation_args(num: int, nll_batches: int | None, nll_batch_size: int | Non
     return args
 
 
-def run_family(family: str, dataset: str, out: Path, minutes: float, common: list[str],
-               evaluation: list[str]) -> dict:
-    config = str(ROOT / "configs" / family / f"{dataset}.yaml")
+def fit_for(config: str, name: str, out: Path, minutes: float, common: list[str]):
+    """``lit-gen fit`` of ``config`` for at most ``minutes``; (the CLI, seconds, its final checkpoint)."""
     seconds = int(minutes * 60)
-    logger = [f"--trainer.logger.init_args.save_dir={out / 'runs'}", f"--trainer.logger.init_args.name={family}",
+    logger = [f"--trainer.logger.init_args.save_dir={out / 'runs'}", f"--trainer.logger.init_args.name={name}",
               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     start = time.perf_counter()
     # The budget is for training: no validation (some configs log a costly bound there, e.g. diffusion's
@@ -65,14 +76,31 @@ def run_family(family: str, dataset: str, out: Path, minutes: float, common: lis
     fitted = lit_gen_cli(["fit", "--config", config, *logger, *common, "--evaluation.every_n_epochs=0",
                           "--checkpoint.monitor=null", "--trainer.limit_val_batches=0",
                           f"--trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}"])
-    train_seconds = time.perf_counter() - start
-    params = sum(p.numel() for p in fitted.model.parameters())
-    steps, epochs = fitted.trainer.global_step, fitted.trainer.current_epoch
-    run = Path(fitted.trainer.log_dir)
+    elapsed = time.perf_counter() - start
     # The weights at the budget's end: last.ckpt is written at epoch ends, and the time limit stops
     # training mid-epoch.
-    final = run / "checkpoints" / "final.ckpt"
+    final = Path(fitted.trainer.log_dir) / "checkpoints" / "final.ckpt"
     fitted.trainer.save_checkpoint(final)
+    return fitted, elapsed, final
+
+
+def run_family(family: str, dataset: str, out: Path, minutes: float, common: list[str],
+               evaluation: list[str]) -> dict:
+    logger = [f"--trainer.logger.init_args.save_dir={out / 'runs'}", f"--trainer.logger.init_args.name={family}",
+              "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    if family in TWO_STAGES:  # the first stage for its share of the budget, the second on it for the rest
+        first, second = (str(ROOT / "configs" / "latent" / name.format(dataset)) for name in TWO_STAGES[family])
+        _, first_seconds, first_final = fit_for(first, f"{family}-first-stage", out, minutes * FIRST_STAGE_SHARE,
+                                                common)
+        common = [*common, f"--model.init_args.first_stage={first_final}"]
+        fitted, train_seconds, final = fit_for(second, family, out, minutes * (1 - FIRST_STAGE_SHARE), common)
+        train_seconds += first_seconds
+        config = second
+    else:
+        config = str(ROOT / "configs" / family / f"{dataset}.yaml")
+        fitted, train_seconds, final = fit_for(config, family, out, minutes, common)
+    params = sum(p.numel() for p in fitted.model.parameters())
+    steps, epochs = fitted.trainer.global_step, fitted.trainer.current_epoch
     lit_gen_cli(["test", "--config", config, *logger, *common, *evaluation, f"--ckpt_path={final}"])
     report = json.loads(newest(out / "runs" / family, "version_*/eval/*/metrics.json").read_text())
     grid = newest(out / "runs" / family, "version_*/eval/*/test_*.png")
