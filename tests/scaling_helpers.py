@@ -185,8 +185,11 @@ class RankDump(Callback):
         self.start_step = trainer.global_step
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        averaged = [cb._average_model.module.state_dict() for cb in trainer.callbacks
-                    if isinstance(cb, WeightAveraging) and cb._average_model is not None]
+        averaging = [cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging) and cb._average_model is not None]
+        for cb in averaging:
+            if hasattr(cb, "follow_until_started"):  # lit-gen's EMA: the current weights until its first update
+                cb.follow_until_started(pl_module)
+        averaged = [cb._average_model.module.state_dict() for cb in averaging]
         state = {
             "global_rank": trainer.global_rank,
             "world_size": trainer.world_size,
