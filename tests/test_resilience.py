@@ -94,12 +94,31 @@ def straight_and_resumed(tmp_path: Path, common: list[str], epochs: int) -> tupl
             comparable(resumed, tmp_path / "resumed" / "version_0"))
 
 
+# The two-stage families' second stages, each on a tiny untrained first stage written for the test (the
+# first stages themselves are single-stage models like the others).
+LATENT_FAMILIES = {
+    "latent_vq": (ROOT / "configs" / "latent" / "vqvae_pixelcnn_digits.yaml", "VQVAE",
+                  ["--model.init_args.channels=4", "--model.init_args.num_layers=2",
+                   "--model.init_args.head_channels=8"]),
+    "latent_diffusion": (ROOT / "configs" / "latent" / "latent_diffusion_digits.yaml", "Autoencoder",
+                         ["--model.init_args.latent_model.init_args.num_timesteps=10",
+                          "--model.init_args.latent_model.init_args.backbone.init_args.channels=8"]),
+}
+WITH_EMA = ("diffusion", "gan", "flow_matching", "latent_diffusion")
+
+
 def family_args(family: str, tmp_path: Path) -> list[str]:
-    config, tiny = TINY_FAMILIES[family]
+    if family in LATENT_FAMILIES:
+        from tests.scaling_helpers import tiny_first_stage
+
+        config, first_stage_class, tiny = LATENT_FAMILIES[family]
+        first_stage = tiny_first_stage("DigitsDataModule", tmp_path, first_stage_class)
+        tiny = [*tiny, f"--model.init_args.first_stage={first_stage}"]
+    else:
+        config, tiny = TINY_FAMILIES[family]
     ema = tmp_path / "ema.yaml"
     ema.write_text(EMA_FROM_STEP_1)
-    with_ema = family in ("diffusion", "gan", "flow_matching")
-    return ["--config", str(config), *(["--config", str(ema)] if with_ema else []), *tiny]
+    return ["--config", str(config), *(["--config", str(ema)] if family in WITH_EMA else []), *tiny]
 
 
 def logged_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -123,7 +142,7 @@ def probe(name: str, **init_args) -> list[str]:
     return args + [f"--trainer.callbacks.init_args.{key}={value}" for key, value in init_args.items()]
 
 
-@pytest.mark.parametrize("family", list(TINY_FAMILIES))
+@pytest.mark.parametrize("family", [*TINY_FAMILIES, *LATENT_FAMILIES])
 def test_a_run_stopped_anywhere_and_resumed_is_the_uninterrupted_run(tmp_path, family, one_thread):
     """Straight: 3 epochs of 4 batches. Interrupted: SIGTERM after batch 5 (mid-epoch 1), resumed to the
     end of epoch 2 (an epoch boundary), resumed again to 3 epochs. Both end bit for bit the same in
@@ -157,8 +176,10 @@ def test_a_run_stopped_anywhere_and_resumed_is_the_uninterrupted_run(tmp_path, f
                          for run in runs.values())
     assert straight["global_step"] > 0
     assert_same(straight, stopped)
-    if family in ("diffusion", "gan", "flow_matching"):
+    if family in WITH_EMA:
         assert "averaging_state" in straight  # the EMA really was part of the comparison
+    if family in LATENT_FAMILIES:
+        assert "lit_gen_first_stage" in straight  # the first stage's record, inside as trained
     if family == "ebm":
         assert "lit_gen_replay_buffer" in straight
     curves = logged_scalars(runs["straight"])
