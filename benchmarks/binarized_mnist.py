@@ -42,8 +42,8 @@ MODELS = {
 #: The PixelCNN's step budget on the CPU: what two idle cores of this machine do in 30 minutes, so that the
 #: cosine schedule reaches its end inside the wall-clock budget (which still caps the run).
 PIXELCNN_CPU_STEPS = 9000
-#: Sizes (and the schedule) for the CPU budget where the shipped config is sized for a GPU. A fixed budget is
-#: spent best by a higher rate annealed to zero: 3e-3 with cosine decay over the steps.
+#: Sizes (and the schedule) for the CPU budget where the shipped config is sized for a GPU: for a fixed step
+#: budget, a higher rate (3e-3) annealed to zero by cosine decay over the steps.
 CPU_SIZES = {
     "pixelcnn": ["--model.init_args.channels=32", "--model.init_args.num_layers=6",
                  "--model.init_args.head_channels=128", "--data.init_args.batch_size=32",

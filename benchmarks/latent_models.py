@@ -136,8 +136,9 @@ def load(arm: str, args):
     from lit_gen.cli import load_checkpoint
 
     folder = args.run_dir / arm
-    config, options = stages(arm, args.data)[-1]
-    more = first_stage_option(folder) if len(stages(arm, args.data)) == 2 else []
+    plan = stages(arm, args.data)
+    config, options = plan[-1]
+    more = first_stage_option(folder) if len(plan) == 2 else []
     model, datamodule, _ = build(config, args, [*options, *more], [], f"{arm}-evaluate")
     model.load_state_dict(load_checkpoint(folder / "final.ckpt")["state_dict"])
     datamodule.prepare_data()
@@ -152,12 +153,10 @@ def draw_turns(models: dict, num: int, batch_size: int, seed: int) -> dict[str, 
     from lit_gen.core.runtime import evaluating
 
     out = {arm: {"images": [], "seconds": 0.0} for arm in models}
-    for arm, model in models.items():
-        request = SampleRequest(num, seed, batch_size, model.num_classes if model.conditional else None)
-        out[arm]["chunks"] = iter(request)
-    for _ in range(len(SampleRequest(num, seed, batch_size))):
-        for arm, model in models.items():
-            chunk = next(out[arm]["chunks"])
+    requests = [SampleRequest(num, seed, batch_size, model.num_classes if model.conditional else None)
+                for model in models.values()]
+    for chunks in zip(*requests):  # chunk i of every arm, then chunk i + 1
+        for (arm, model), chunk in zip(models.items(), chunks):
             with evaluating(model):
                 start = time.perf_counter()
                 images = draw_chunk(model, chunk, model.sample_kwargs).float().cpu()
