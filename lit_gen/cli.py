@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -51,7 +51,7 @@ from lit_gen.errors import (
 )
 from lit_gen.evaluation.callback import GenerativeEvaluation
 from lit_gen.evaluation.writer import SampleWriter
-from lit_gen.lifecycle import BatchNormFromRankZero, InterruptCheckpoint
+from lit_gen.lifecycle import BatchNormFromRankZero, InterruptCheckpoint, ModelCheckpoint
 from lit_gen.models import import_families
 from lit_gen.models.base import GenerativeModule
 

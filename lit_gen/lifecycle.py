@@ -10,11 +10,27 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch import callbacks
 from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lit_gen.distributed import every_rank_reaches, lost_another_rank
+
+
+class ModelCheckpoint(callbacks.ModelCheckpoint):
+    """Lightning's ModelCheckpoint, which also restores ``current_score`` on resume.
+
+    Lightning saves the latest monitored value with the callback's state but does not load it back, so a
+    resumed run's next checkpoint can hold ``None`` where the uninterrupted run holds the last score (a
+    save before the next validation, or one whose value did not improve). Same name, so the callback's
+    state key, and every checkpoint written before, stay as they are.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath and "current_score" in state_dict:
+            self.current_score = state_dict["current_score"]
 
 
 class InterruptCheckpoint(Callback):
@@ -116,7 +132,8 @@ class InterruptCheckpoint(Callback):
             # ModelCheckpoint then keeps writing last.ckpt itself (not last-v1.ckpt beside it), and the
             # state it saves into this checkpoint already names it.
             callback.last_model_path = str(path)
-        trainer.save_checkpoint(path)  # a collective: every rank gets here and calls this
+        # Full state (optimizers, loops, callbacks): the run resumes from it. A collective: every rank calls it.
+        trainer.save_checkpoint(path, weights_only=False)
         self.saved_path = path
         rank_zero_info(f"lit-gen: {what} at global step {trainer.global_step}: saved {path}")
         return path

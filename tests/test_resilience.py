@@ -68,6 +68,34 @@ def comparable(checkpoint: dict, run_dir: Path) -> dict:
     return swap(checkpoint)
 
 
+
+def test_the_runs_model_checkpoint_restores_all_it_saves_where_lightnings_drops_the_current_score(tmp_path):
+    """The score of the last validation is part of the callback's saved state: a resumed run whose next save
+    comes before a new score (or with one that does not improve) must write what the straight run writes."""
+    from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+
+    from lit_gen.cli import LitGenCLI
+    from lit_gen.lifecycle import ModelCheckpoint
+
+    def saved(kind):
+        callback = kind(dirpath=tmp_path, monitor="val/loss", save_last=True)
+        callback.best_model_score, callback.current_score = torch.tensor(0.25), torch.tensor(0.5)
+        callback.best_model_path = str(tmp_path / "best.ckpt")
+        return callback.state_dict()
+
+    for kind in (ModelCheckpoint, LightningModelCheckpoint):
+        resumed = kind(dirpath=tmp_path, monitor="val/loss", save_last=True)
+        resumed.load_state_dict(saved(kind))
+        if kind is ModelCheckpoint:
+            assert_same(resumed.state_dict(), saved(kind))
+        else:  # why lit-gen has its own
+            assert resumed.current_score is None
+    assert ModelCheckpoint(monitor="val/loss").state_key == LightningModelCheckpoint(monitor="val/loss").state_key
+
+    cli = LitGenCLI(args=["--config", QUICKSTART, "--trainer.logger=false"], run=False)
+    assert type(cli.trainer.checkpoint_callback) is ModelCheckpoint
+
+
 @pytest.fixture
 def one_thread(monkeypatch):
     """Multi-threaded CPU kernels may sum in another order from run to run; the EBM's Langevin chains amplify
