@@ -127,7 +127,7 @@ def load_model(config: Path, ckpt: Path | None, minutes: float, name: str, args,
         how = f"trained {trainer.global_step} steps ({trainer.current_epoch} epochs) in {elapsed / 60:.1f} min"
         if args.keep:
             path = Path(trainer.log_dir) / "final.ckpt"
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
             how += f" -> {path}"
     params = sum(p.numel() for p in model.parameters())
     print(f"{name}: {Path(config).relative_to(ROOT) if Path(config).is_relative_to(ROOT) else config} | "

@@ -80,7 +80,7 @@ def fit_for(config: str, name: str, out: Path, minutes: float, common: list[str]
     # The weights at the budget's end: last.ckpt is written at epoch ends, and the time limit stops
     # training mid-epoch.
     final = Path(fitted.trainer.log_dir) / "checkpoints" / "final.ckpt"
-    fitted.trainer.save_checkpoint(final)
+    fitted.trainer.save_checkpoint(final, weights_only=False)
     return fitted, elapsed, final
 
 

@@ -113,12 +113,12 @@ def train(args, extra: list[str]) -> None:
         more = first_stage_option(folder) if index == 1 else []
         model, datamodule, trainer = build(config, args, [*options, *more, *extra],
                                            [f"--trainer.max_time={max_time(minutes)}", "--trainer.max_epochs=-1"],
-                                           f"{args.arm}-stage{index + 1}")
+                                           args.arm if len(plan) == 1 else f"{args.arm}-stage{index + 1}")
         start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule)  # EMAWeightAveraging copies the average in at the end
         elapsed = time.perf_counter() - start
         last = index == len(plan) - 1
-        trainer.save_checkpoint(folder / ("final.ckpt" if last else "stage1.ckpt"))
+        trainer.save_checkpoint(folder / ("final.ckpt" if last else "stage1.ckpt"), weights_only=False)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         record["stages"].append({"config": str(config.relative_to(ROOT)), "model": type(model).__name__,
                                  "trainable_params": trainable, "steps": trainer.global_step,
