@@ -68,7 +68,6 @@ def comparable(checkpoint: dict, run_dir: Path) -> dict:
     return swap(checkpoint)
 
 
-
 def test_the_runs_model_checkpoint_restores_all_it_saves_where_lightnings_drops_the_current_score(tmp_path):
     """The score of the last validation is part of the callback's saved state: a resumed run whose next save
     comes before a new score (or with one that does not improve) must write what the straight run writes."""
